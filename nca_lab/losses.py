@@ -260,7 +260,8 @@ def soft_labels(
 
     ``labels="softmax"``: w_i = e^{R_i/α} / Σ_j e^{R_j/α} (the NCA paper's labels).
     ``labels="loo"``: w_i = e^{R_i/α} / (n · mean_{j≠i} e^{R_j/α}) with n valid responses — the
-    leave-one-out label of PROPOSITIONS 19 (needs n ≥ 2; does not sum to 1).
+    leave-one-out label of PROPOSITIONS 19 (needs n ≥ 2; does not sum to 1; unbounded: it is
+    +inf where a gap R_i − R_j divided by α overflows, which the losses report as an error).
     Computed in log space, so α = 1e-4 on 1–10 scores (the NCA recipe) is exact, not NaN.
     """
     alpha = _positive("alpha", alpha)
@@ -296,7 +297,15 @@ def _labels_for(b: _Batch, alpha: float, labels: str, label_weights: Tensor | No
     if labels == "loo" and validate and bool((b.n_valid < 2).any()):
         row = int(torch.nonzero(b.n_valid < 2)[0, 0])
         raise ValueError(f'labels="loo": row {row} has fewer than 2 valid responses')
-    return soft_labels(b.rewards, b.mask, alpha=alpha, labels=labels)
+    w = soft_labels(b.rewards, b.mask, alpha=alpha, labels=labels)
+    if labels == "loo" and validate and bool((b.mask & ~torch.isfinite(w)).any()):
+        # loo labels are unbounded (e^{(R_i − R_j)/α}); an overflow would turn the loss into inf/NaN
+        row = int(torch.nonzero(b.mask & ~torch.isfinite(w))[0, 0])
+        raise ValueError(
+            f'labels="loo": row {row}: label overflows float range at alpha={alpha}; '
+            "the reward gaps divided by alpha are too large (use a larger alpha)"
+        )
+    return w
 
 
 def _pair_weights(b: _Batch, pairs: str) -> Tensor:

@@ -1,0 +1,470 @@
+"""Software tests of the loss module: hand-computed values, one-tuple laws, masking, dtypes, errors.
+
+The population-level statements (optima, propositions 1–19) live in tests/test_prop_*.py; here every
+check is at the level of one tuple of K responses, against formulas written out independently (plain
+Python `math` or loops mirroring the reference code described in ../shared/REFERENCES.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from nca_lab import losses as L
+from nca_lab.losses import LOSSES, get_loss
+
+LN2 = math.log(2.0)
+
+
+def lsig(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x > 0 else x - math.log1p(math.exp(x))
+
+
+def t64(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+DESIGN_TABLE = [
+    "infonca", "nca", "nca_pair", "dpo", "cdpo", "rdpo", "ipo", "hinge",
+    "clha", "pro", "rrhf", "cpl", "simpo", "sft",
+]  # fmt: skip
+
+
+# ------------------------------------------------------------------ registry and documentation
+
+
+def test_registry_has_every_design_loss():
+    assert sorted(LOSSES) == sorted(DESIGN_TABLE)
+    for name, spec in LOSSES.items():
+        assert spec.name == name and callable(spec.fn)
+        doc = spec.fn.__doc__ or ""
+        # formula, shapes, source, defaults: every docstring carries them
+        assert "[B, K]" in doc and "[B]" in doc, name
+        assert re.search(r"(19|20)\d\d", doc) or "TRL" in doc, f"{name}: no source paper/year"
+        for hp, value in spec.defaults.items():
+            if hp in ("pairs", "labels", "label_weights"):
+                continue
+            assert f"{hp}" in doc.replace("β", "beta").replace("α", "alpha").replace("ε", "eps").replace(
+                "λ", "lam"
+            ).replace("γ", "gamma"), f"{name}: default {hp} undocumented"
+
+
+def test_registry_flags():
+    ref_free = {n for n, s in LOSSES.items() if not s.needs_ref}
+    assert ref_free == {"clha", "pro", "rrhf", "cpl", "simpo", "sft"}
+    assert {n for n, s in LOSSES.items() if s.uses_lengths} == {"ipo", "clha", "pro", "rrhf", "simpo", "sft"}
+    assert {n for n, s in LOSSES.items() if s.uses_reward_values} == {"infonca", "nca", "clha", "pro"}
+    assert {n for n, s in LOSSES.items() if s.pairwise} == {
+        "dpo", "cdpo", "rdpo", "ipo", "hinge", "nca_pair", "cpl", "simpo",
+    }  # fmt: skip
+    # the paper defaults the CLI relies on
+    assert LOSSES["dpo"].defaults["beta"] == 0.1
+    assert LOSSES["nca"].defaults["beta"] == 0.01 and LOSSES["infonca"].defaults["beta"] == 0.01
+    assert LOSSES["simpo"].defaults["beta"] == 2.5 and LOSSES["simpo"].defaults["gamma"] == 1.375
+    assert LOSSES["cpl"].defaults == {"alpha": 0.1, "lam": 0.5, "pairs": "best_worst"}
+    assert LOSSES["clha"].defaults["margin"] == 3.0 and LOSSES["clha"].defaults["min_gap"] == 3.0
+    assert LOSSES["pro"].defaults["sft_weight"] == 0.05
+    assert LOSSES["infonca"].defaults["labels"] == "softmax"
+
+
+# ------------------------------------------------------------------ values at π_θ = π_ref
+
+
+@pytest.mark.parametrize("K", [2, 3, 5])
+def test_values_at_reference(K):
+    g = torch.Generator().manual_seed(K)
+    logp = torch.randn(4, K, generator=g, dtype=torch.float64) * 5 - 20
+    R = torch.randn(4, K, generator=g, dtype=torch.float64)  # continuous: no ties
+    for beta in (0.05, 0.3, 2.0):
+        at = lambda name, **hp: LOSSES[name](logp, logp.clone(), R, **hp)  # noqa: E731
+        torch.testing.assert_close(at("dpo", beta=beta), torch.full((4,), LN2, dtype=torch.float64), rtol=0, atol=1e-14)
+        torch.testing.assert_close(at("nca_pair", beta=beta), torch.full((4,), 2 * LN2, dtype=torch.float64), rtol=0, atol=1e-14)
+        torch.testing.assert_close(at("infonca", beta=beta, alpha=0.7), torch.full((4,), math.log(K), dtype=torch.float64), rtol=0, atol=1e-14)
+        torch.testing.assert_close(at("nca", beta=beta, alpha=0.7), torch.full((4,), 2 * LN2, dtype=torch.float64), rtol=0, atol=1e-14)
+        torch.testing.assert_close(at("ipo", beta=beta), torch.full((4,), 1 / (4 * beta**2), dtype=torch.float64), rtol=1e-14, atol=0)
+        torch.testing.assert_close(at("hinge", beta=beta), torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-14)
+        for eps in (0.0, 0.2, 0.45):
+            torch.testing.assert_close(at("cdpo", beta=beta, eps=eps), torch.full((4,), LN2, dtype=torch.float64), rtol=0, atol=1e-13)
+            torch.testing.assert_close(at("rdpo", beta=beta, eps=eps), torch.full((4,), LN2, dtype=torch.float64), rtol=0, atol=1e-13)
+
+
+# ------------------------------------------------------------------ hand-computed values
+
+# One prompt, K = 3, rewards (2, 0, 1): best = 0, worst = 1. β = 0.5, α = 2.
+PL = t64([-3.0, -5.0, -4.0])
+RL = t64([-4.0, -4.5, -3.0])
+RW = t64([2.0, 0.0, 1.0])
+LEN = t64([2.0, 5.0, 4.0])
+BETA, ALPHA = 0.5, 2.0
+RT = [BETA * (p - q) for p, q in zip([-3.0, -5.0, -4.0], [-4.0, -4.5, -3.0])]  # (0.5, -0.25, -0.5)
+
+
+def _softmax(xs):
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def test_hand_infonca_and_nca():
+    w = _softmax([2 / ALPHA, 0 / ALPHA, 1 / ALPHA])
+    lsm = [x - math.log(sum(math.exp(y) for y in RT)) for x in RT]
+    expect_info = -sum(wi * li for wi, li in zip(w, lsm))
+    expect_nca = -sum(wi * lsig(r) + lsig(-r) / 3 for wi, r in zip(w, RT))
+    assert L.infonca(PL, RL, RW, beta=BETA, alpha=ALPHA).item() == pytest.approx(expect_info, abs=1e-14)
+    assert L.nca(PL, RL, RW, beta=BETA, alpha=ALPHA).item() == pytest.approx(expect_nca, abs=1e-14)
+    # leave-one-out labels: w_i = e^{R_i/α} / (n · mean_{j≠i} e^{R_j/α})
+    e = [math.exp(x / ALPHA) for x in (2.0, 0.0, 1.0)]
+    loo = [e[i] / (3 * (sum(e) - e[i]) / 2) for i in range(3)]
+    expect_loo = -sum(wi * lsig(r) + lsig(-r) / 3 for wi, r in zip(loo, RT))
+    assert L.nca(PL, RL, RW, beta=BETA, alpha=ALPHA, labels="loo").item() == pytest.approx(expect_loo, abs=1e-14)
+    lw = t64([0.2, 0.3, 0.9])
+    expect_lw = -sum(wi * li for wi, li in zip([0.2, 0.3, 0.9], lsm))
+    assert L.infonca(PL, RL, RW, beta=BETA, label_weights=lw).item() == pytest.approx(expect_lw, abs=1e-14)
+
+
+def test_hand_pairwise_with_reference():
+    rw, rl = RT[0], RT[1]  # best = index 0 (R = 2), worst = index 1 (R = 0)
+    h = rw - rl
+    cases = {
+        "dpo": (dict(beta=BETA), -lsig(h)),
+        "nca_pair": (dict(beta=BETA), -lsig(rw) - 0.5 * lsig(-rw) - 0.5 * lsig(-rl)),
+        "cdpo": (dict(beta=BETA, eps=0.2), -0.8 * lsig(h) - 0.2 * lsig(-h)),
+        "rdpo": (dict(beta=BETA, eps=0.2), (0.8 * -lsig(h) - 0.2 * -lsig(-h)) / 0.6),
+        "hinge": (dict(beta=BETA), max(0.0, 1 - h)),
+    }
+    for name, (hp, expect) in cases.items():
+        assert LOSSES[name](PL, RL, RW, **hp).item() == pytest.approx(expect, abs=1e-14), name
+    # IPO: length-normalised log-ratios, no β inside h
+    g = [(p - q) / n for p, q, n in zip([-3.0, -5.0, -4.0], [-4.0, -4.5, -3.0], [2.0, 5.0, 4.0])]
+    expect_ipo = (g[0] - g[1] - 1 / (2 * BETA)) ** 2
+    assert L.ipo(PL, RL, RW, lengths=LEN, beta=BETA).item() == pytest.approx(expect_ipo, abs=1e-13)
+
+
+def test_hand_pair_modes():
+    r = RT  # R = (2, 0, 1): ordered pairs with R_i > R_j: (0,1), (0,2), (2,1)
+    best_rest = (-lsig(r[0] - r[1]) - lsig(r[0] - r[2])) / 2
+    all_pairs = (-lsig(r[0] - r[1]) - lsig(r[0] - r[2]) - lsig(r[2] - r[1])) / 3
+    assert L.dpo(PL, RL, RW, beta=BETA, pairs="best_rest").item() == pytest.approx(best_rest, abs=1e-14)
+    assert L.dpo(PL, RL, RW, beta=BETA, pairs="all").item() == pytest.approx(all_pairs, abs=1e-14)
+
+
+def test_hand_reference_free():
+    s = [p / n for p, n in zip([-3.0, -5.0, -4.0], [2.0, 5.0, 4.0])]  # (-1.5, -1, -1)
+    # CPL on summed log-probs: −log σ(α log π_w − λ α log π_l)
+    a, lam = 0.3, 0.6
+    assert L.cpl(PL, None, RW, alpha=a, lam=lam).item() == pytest.approx(-lsig(a * -3.0 - lam * a * -5.0), abs=1e-14)
+    # SimPO on length-normalised scores
+    b, gm = 2.0, 0.4
+    assert L.simpo(PL, None, RW, lengths=LEN, beta=b, gamma=gm).item() == pytest.approx(-lsig(b * (s[0] - s[1]) - gm), abs=1e-14)
+    # SFT: token-mean NLL of the best
+    assert L.sft(PL, None, RW, lengths=LEN).item() == pytest.approx(1.5, abs=1e-15)
+    # RRHF: Σ_{R_i<R_j} max(0, s_i − s_j) + w·(−s_best); pairs (1<0), (1<2), (2<0)
+    rank = max(0, s[1] - s[0]) + max(0, s[1] - s[2]) + max(0, s[2] - s[0])
+    assert L.rrhf(PL, None, RW, lengths=LEN, sft_weight=0.7).item() == pytest.approx(rank + 0.7 * 1.5, abs=1e-14)
+
+
+def _pro_loop(s, R, sft_summed, sft_weight):
+    """PRO as AlibabaResearch/DAMO-ConvAI computes it (REFERENCES.md), for one prompt, plain loops."""
+    order = sorted(range(len(R)), key=lambda i: -R[i])
+    s, R = [s[i] for i in order], [R[i] for i in order]
+    n, total = len(R), 0.0
+    for k in range(n - 1):
+        T = [R[k] - R[j] for j in range(k + 1, n)]
+        tkk = max(T)
+        terms = [s[k] * tkk] + [s[j] * t for j, t in zip(range(k + 1, n), T)]
+        m = max(terms)
+        total += m + math.log(sum(math.exp(x - m) for x in terms)) - s[k] * tkk
+    return total + sft_weight * (n - 1) ** 2 * (-sft_summed[order[0]])
+
+
+def _clha_loop(s, R, summed, margin, min_gap, sft_gate, sft_weight):
+    order = sorted(range(len(R)), key=lambda i: -R[i])
+    s2, R2 = [s[i] for i in order], [R[i] for i in order]
+    n, total = len(R), 0.0
+    for off in range(1, n):
+        vals = [max(0.0, margin * off - (s2[k] - s2[k + off])) for k in range(n - off) if R2[k] - R2[k + off] > min_gap]
+        total += sum(vals) / len(vals) if vals else 0.0
+    gate = 1.0 if R2[0] > sft_gate else 0.0
+    return total + sft_weight * (n - 1) ** 2 * (-summed[order[0]]) * gate
+
+
+def test_hand_pro_and_clha_against_loops():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        K = int(torch.randint(2, 6, (1,), generator=g))
+        lp = -torch.rand(1, K, generator=g, dtype=torch.float64) * 20
+        ln = torch.randint(1, 9, (1, K), generator=g).to(torch.float64)
+        R = torch.randint(0, 10, (1, K), generator=g).to(torch.float64)  # integer scores: ties happen
+        s = (lp / ln)[0].tolist()
+        got = L.pro(lp, None, R, lengths=ln, sft_weight=0.05).item()
+        assert got == pytest.approx(_pro_loop(s, R[0].tolist(), lp[0].tolist(), 0.05), abs=1e-12)
+        got = L.clha(lp, None, R, lengths=ln, margin=0.5, min_gap=1.5, sft_gate=4.0, sft_weight=0.1).item()
+        assert got == pytest.approx(_clha_loop(s, R[0].tolist(), lp[0].tolist(), 0.5, 1.5, 4.0, 0.1), abs=1e-12)
+
+
+def test_pro_is_plackett_luce_with_unit_gaps():
+    # R = (2, 1, 0): T_kj = j − k, not all 1 — use R with unit differences only for K = 2
+    s = t64([-1.0, -2.0])
+    R = t64([1.0, 0.0])
+    pl = -(s[0, 0] - torch.logsumexp(s[0], 0))
+    assert L.pro(s, None, R, sft_weight=0.0).item() == pytest.approx(pl.item(), abs=1e-14)
+
+
+# ------------------------------------------------------------------ ties and best/worst choice
+
+
+def test_ties_and_best_worst_rule():
+    R = t64([1.0, 3.0, 3.0, 0.0, 0.0])
+    best, worst = L.best_worst_indices(R)
+    assert best.tolist() == [1] and worst.tolist() == [3]  # lowest index among equals
+    lp = t64([-1.0, -2.0, -3.0, -4.0, -5.0])
+    ref = torch.zeros_like(lp)
+    expect = -lsig(0.1 * (-2.0 - -4.0))
+    assert L.dpo(lp, ref, R).item() == pytest.approx(expect, abs=1e-14)
+    # a prompt whose responses all tie carries no preference: 0 for every pairwise loss, with zero gradient
+    tied = t64([2.0, 2.0, 2.0])
+    x = torch.tensor([[-1.0, -2.0, -3.0]], dtype=torch.float64, requires_grad=True)
+    for name, spec in LOSSES.items():
+        if spec.pairwise:
+            out = spec(x, torch.zeros_like(x), tied, lengths=torch.ones_like(x))
+            assert out.item() == 0.0, name
+            (gx,) = torch.autograd.grad(out.sum(), x)
+            assert torch.all(gx == 0), name
+    # best_rest skips responses tied with the best
+    R2 = t64([3.0, 3.0, 1.0])
+    lp2 = t64([-1.0, -2.0, -4.0])
+    expect2 = -lsig(0.1 * (-1.0 - -4.0))
+    assert L.dpo(lp2, torch.zeros_like(lp2), R2, pairs="best_rest").item() == pytest.approx(expect2, abs=1e-14)
+
+
+# ------------------------------------------------------------------ one-tuple laws (hypothesis)
+
+finite = st.floats(-4, 4, allow_nan=False)
+
+
+@st.composite
+def tuples(draw, kmin=2, kmax=6):
+    K = draw(st.integers(kmin, kmax))
+    lp = draw(st.lists(st.floats(-30, 0), min_size=K, max_size=K))
+    ref = draw(st.lists(st.floats(-30, 0), min_size=K, max_size=K))
+    R = draw(st.lists(st.floats(-3, 3), min_size=K, max_size=K))
+    return t64(lp), t64(ref), t64(R)
+
+
+@settings(deadline=None, max_examples=60)
+@given(tuples(), st.floats(0.05, 3.0), st.floats(0.2, 3.0), st.floats(-50, 50))
+def test_shift_invariance_infonca_dpo(tup, beta, alpha, c):
+    """PROPOSITIONS 12 at tuple level: adding c/β to every policy log-prob (a constant c on every r_θ)
+    changes neither InfoNCA nor DPO. Tolerance: |loss| ≲ 50 and float64 round-off of logsumexp of
+    shifted arguments is ~1e-13 relative."""
+    lp, ref, R = tup
+    for name, hp in (("infonca", dict(beta=beta, alpha=alpha)), ("dpo", dict(beta=beta))):
+        base = LOSSES[name](lp, ref, R, **hp)
+        shifted = LOSSES[name](lp + c / beta, ref, R, **hp)
+        torch.testing.assert_close(shifted, base, rtol=1e-9, atol=1e-9)
+
+
+@settings(deadline=None, max_examples=60)
+@given(tuples(2, 2), st.floats(0.05, 3.0), st.floats(0.2, 3.0))
+def test_k2_infonca_is_soft_label_dpo(tup, beta, alpha):
+    """PROPOSITIONS 6: K = 2 InfoNCA = −q log σ(Δ) − (1−q) log σ(−Δ), q = σ((R_1 − R_2)/α), Δ = r_θ,1 − r_θ,2."""
+    lp, ref, R = tup
+    d = beta * ((lp[0, 0] - ref[0, 0]) - (lp[0, 1] - ref[0, 1])).item()
+    q = 1 / (1 + math.exp(-(R[0, 0] - R[0, 1]).item() / alpha))
+    expect = -q * lsig(d) - (1 - q) * lsig(-d)
+    assert L.infonca(lp, ref, R, beta=beta, alpha=alpha).item() == pytest.approx(expect, rel=1e-12, abs=1e-12)
+
+
+@settings(deadline=None, max_examples=60)
+@given(tuples(2, 2), st.floats(0.05, 3.0), st.floats(0.2, 2.0))
+def test_k2_infonca_alpha_to_zero_is_dpo(tup, beta, gap):
+    """PROPOSITIONS 6, α → 0 on untied rewards: |InfoNCA − DPO| ≤ (1−q)·|2 log σ| terms → 0; with
+    gap/α ≥ 2000 the label error e^{−gap/α} underflows below 1e-300, so the match is to round-off."""
+    lp, ref, _ = tup
+    R = t64([gap, 0.0])
+    info = L.infonca(lp, ref, R, beta=beta, alpha=gap / 2000)
+    torch.testing.assert_close(info, L.dpo(lp, ref, R, beta=beta), rtol=1e-12, atol=1e-12)
+    # on the way the error is exactly (1 − q)·|Δ| (it vanishes at Δ = 0), so it falls with α
+    d = beta * ((lp[0, 0] - ref[0, 0]) - (lp[0, 1] - ref[0, 1])).item()
+    for a in (1.0, 0.3, 0.1):
+        err = (L.infonca(lp, ref, R, beta=beta, alpha=a) - L.dpo(lp, ref, R, beta=beta)).item()
+        q = 1 / (1 + math.exp(-gap / a))
+        assert err == pytest.approx((1 - q) * d, abs=1e-12)
+
+
+@settings(deadline=None, max_examples=60)
+@given(tuples(2, 2), st.floats(0.05, 3.0))
+def test_nca_k2_hard_labels_is_nca_pair(tup, beta):
+    lp, ref, R = tup
+    assume(abs((R[0, 0] - R[0, 1]).item()) > 1e-3)
+    hard = (R == R.max()).to(torch.float64)
+    got = L.nca(lp, ref, R, beta=beta, label_weights=hard)
+    torch.testing.assert_close(got, L.nca_pair(lp, ref, R, beta=beta), rtol=1e-12, atol=1e-12)
+
+
+@settings(deadline=None, max_examples=60)
+@given(tuples(), st.floats(0.05, 3.0), st.sampled_from(L.PAIR_MODES))
+def test_cdpo_eps0_is_dpo(tup, beta, pairs):
+    lp, ref, R = tup
+    torch.testing.assert_close(L.cdpo(lp, ref, R, beta=beta, eps=0.0, pairs=pairs), L.dpo(lp, ref, R, beta=beta, pairs=pairs), rtol=0, atol=1e-14)
+    torch.testing.assert_close(L.rdpo(lp, ref, R, beta=beta, eps=0.0, pairs=pairs), L.dpo(lp, ref, R, beta=beta, pairs=pairs), rtol=0, atol=1e-14)
+
+
+def _grad(name, lp, ref, R, **hp):
+    x = lp.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(LOSSES[name](x, ref, R, **hp).sum(), x)
+    return g
+
+
+@settings(deadline=None, max_examples=60)
+@given(tuples(), st.floats(0.05, 3.0), st.floats(0.2, 3.0))
+def test_gradients_at_reference(tup, beta, alpha):
+    """PROPOSITIONS 13 at tuple level: at π_θ = π_ref, ∇NCA = ½∇InfoNCA and ∇nca_pair = ½∇DPO exactly
+    (σ(0) = ½ makes the two coefficient vectors proportional). Tolerance: float64 round-off."""
+    _, ref, R = tup
+    lp = ref.clone()
+    g_nca, g_info = _grad("nca", lp, ref, R, beta=beta, alpha=alpha), _grad("infonca", lp, ref, R, beta=beta, alpha=alpha)
+    torch.testing.assert_close(g_nca, 0.5 * g_info, rtol=1e-12, atol=1e-14)
+    g_np, g_dpo = _grad("nca_pair", lp, ref, R, beta=beta), _grad("dpo", lp, ref, R, beta=beta)
+    torch.testing.assert_close(g_np, 0.5 * g_dpo, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ masking
+
+
+@settings(deadline=None, max_examples=40)
+@given(tuples(2, 5), st.sampled_from(sorted(LOSSES)), st.sampled_from([math.nan, math.inf, -math.inf, 1e30]))
+def test_masked_entries_reach_neither_loss_nor_gradient(tup, name, junk):
+    """Appending masked columns full of NaN/inf must give exactly the loss and gradient of the
+    unpadded tuple, and an exactly-zero, finite gradient on the padding."""
+    lp, ref, R = tup
+    K = lp.shape[1]
+    ln = torch.arange(1, K + 1, dtype=torch.float64)[None]
+    pad = lambda t, v: torch.cat([t, torch.full((1, 2), v, dtype=t.dtype)], dim=1)  # noqa: E731
+    mask = torch.tensor([[True] * K + [False, False]])
+    x = pad(lp, junk).requires_grad_(True)
+    out = LOSSES[name](x, pad(ref, junk), pad(R, junk), mask=mask, lengths=pad(ln, junk))
+    (gx,) = torch.autograd.grad(out.sum(), x)
+    y = lp.clone().requires_grad_(True)
+    base = LOSSES[name](y, ref, R, lengths=ln)
+    (gy,) = torch.autograd.grad(base.sum(), y)
+    torch.testing.assert_close(out, base, rtol=0, atol=1e-12)
+    assert torch.isfinite(gx).all()
+    torch.testing.assert_close(gx[:, :K], gy, rtol=0, atol=1e-12)
+    assert torch.all(gx[:, K:] == 0)
+
+
+def test_mask_middle_entries_and_mixed_rows():
+    # row 0 uses all 3; row 1 has its middle response missing
+    lp = t64([-1.0, -2.0, -3.0], [-1.0, math.nan, -3.0])
+    ref = t64([-1.5, -2.0, -2.0], [-1.5, math.nan, -2.0])
+    R = t64([1.0, 0.0, 2.0], [1.0, math.nan, 2.0])
+    mask = torch.tensor([[True, True, True], [True, False, True]])
+    out = L.infonca(lp, ref, R, mask=mask, beta=1.0, alpha=1.0)
+    row1 = L.infonca(lp[1:, [0, 2]], ref[1:, [0, 2]], R[1:, [0, 2]], beta=1.0, alpha=1.0)
+    assert out[1].item() == pytest.approx(row1.item(), abs=1e-14)
+    nca_out = L.nca(lp, ref, R, mask=mask, beta=1.0, alpha=1.0)
+    assert nca_out[1].item() == pytest.approx(L.nca(lp[1:, [0, 2]], ref[1:, [0, 2]], R[1:, [0, 2]], beta=1.0, alpha=1.0).item(), abs=1e-14)
+
+
+# ------------------------------------------------------------------ dtypes
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("dtype,out", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64)])
+def test_output_dtype(name, dtype, out):
+    g = torch.Generator().manual_seed(1)
+    lp = (-torch.rand(3, 4, generator=g) * 10).to(dtype)
+    ref = (-torch.rand(3, 4, generator=g) * 10).to(dtype)
+    R = torch.randn(3, 4, generator=g).to(dtype)
+    res = LOSSES[name](lp, ref, R, lengths=torch.full((3, 4), 5))
+    assert res.dtype == out and res.shape == (3,) and torch.isfinite(res).all()
+
+
+def test_half_inputs_computed_in_float32():
+    # bf16 inputs are upcast before the arithmetic: the result equals the float32 computation on the
+    # same (already rounded) values exactly, not a bf16 computation.
+    g = torch.Generator().manual_seed(2)
+    lp = (-torch.rand(8, 4, generator=g) * 50).to(torch.bfloat16)
+    ref = (lp.float() + torch.randn(8, 4, generator=g) * 0.01).to(torch.bfloat16)
+    R = torch.randn(8, 4, generator=g)
+    for name in ("nca", "infonca", "dpo", "ipo"):
+        a = LOSSES[name](lp, ref, R, lengths=torch.full((8, 4), 3.0))
+        b = LOSSES[name](lp.float(), ref.float(), R, lengths=torch.full((8, 4), 3.0))
+        assert torch.equal(a, b), name
+
+
+def test_tiny_alpha_is_exact_one_hot():
+    # the NCA recipe's α = 1e-4 on 1–10 scores: labels one-hot, no NaN/overflow
+    R = t64([9.0, 3.0, 7.0, 1.0])
+    w = L.soft_labels(R, alpha=1e-4)
+    assert w.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    # leave-one-out labels are unbounded: e^{(9 − 7)/1e-4} overflows, and the loss says so
+    assert torch.isinf(L.soft_labels(R, alpha=1e-4, labels="loo")[0, 0])
+    _err(lambda: L.nca(R, R, R, alpha=1e-4, labels="loo"), r'labels="loo": row 0: label overflows float range at alpha=0.0001')
+
+
+# ------------------------------------------------------------------ combinations
+
+
+def test_combination():
+    comb = get_loss("nca + 0.1*sft")
+    assert comb.needs_ref and comb.uses_lengths and comb.name == "nca+0.1*sft"
+    got = comb(PL, RL, RW, lengths=LEN, beta=BETA, alpha=ALPHA)
+    expect = L.nca(PL, RL, RW, beta=BETA, alpha=ALPHA) + 0.1 * L.sft(PL, None, RW, lengths=LEN)
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-15)
+    two = get_loss("0.5*dpo+2e-1*ipo")
+    expect2 = 0.5 * L.dpo(PL, RL, RW, beta=0.3) + 0.2 * L.ipo(PL, RL, RW, beta=0.3, lengths=LEN)
+    torch.testing.assert_close(two(PL, RL, RW, lengths=LEN, beta=0.3), expect2, rtol=0, atol=1e-15)
+    assert get_loss("dpo") is LOSSES["dpo"] and get_loss("1*dpo") is LOSSES["dpo"]
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _err(fn, match):
+    with pytest.raises(ValueError, match=match):
+        fn()
+
+
+def test_error_messages():
+    lp, ref, R = t64([-1.0, -2.0]), t64([-1.0, -2.0]), t64([1.0, 0.0])
+    _err(lambda: L.dpo(lp, ref, t64([1.0, 0.0, 2.0])), r"shape mismatch: rewards has shape \(1, 3\).*\(1, 2\)")
+    _err(lambda: L.dpo(lp, t64([-1.0]), R), r"shape mismatch: ref_logps")
+    _err(lambda: L.dpo(lp, ref, R, mask=torch.tensor([[True]])), r"shape mismatch: mask")
+    _err(lambda: L.dpo(lp, ref, R, mask=torch.ones(1, 2)), r"mask must be a bool tensor")
+    _err(lambda: L.dpo(lp[0], ref, R), r"policy_logps must be a \[B, K\] tensor")
+    _err(lambda: L.dpo(lp, None, R), r"dpo needs ref_logps")
+    _err(lambda: L.dpo(lp, ref, R, mask=torch.tensor([[True, False]])), r"dpo: row 0 has 1 valid response\(s\); dpo needs at least 2")
+    _err(lambda: L.nca(lp, ref, t64([math.nan, 0.0])), r"nca: rewards\[0, 0\] is nan in a valid entry")
+    _err(lambda: L.infonca(lp, ref, R, alpha=0.0), r"alpha must be a finite number > 0, got 0.0")
+    _err(lambda: L.nca(lp, ref, R, alpha=-1), r"alpha must be a finite number > 0")
+    _err(lambda: L.dpo(lp, ref, R, beta=0), r"beta must be a finite number > 0")
+    _err(lambda: L.cdpo(lp, ref, R, eps=0.5), r"eps must lie in \[0, 0.5\), got 0.5")
+    _err(lambda: L.rdpo(lp, ref, R, eps=-0.1), r"eps must lie in \[0, 0.5\)")
+    _err(lambda: L.cpl(lp, None, R, lam=0.0), r"lam must lie in \(0, 1\], got 0.0")
+    _err(lambda: L.cpl(lp, None, R, lam=1.5), r"lam must lie in \(0, 1\]")
+    _err(lambda: L.dpo(lp, ref, R, pairs="best"), r"pairs must be one of 'best_worst', 'best_rest', 'all'; got 'best'")
+    _err(lambda: L.nca(lp, ref, R, labels="hard"), r"labels must be one of 'softmax', 'loo'")
+    _err(lambda: L.ipo(lp, ref, R, lengths=t64([3.0, 0.0])), r"lengths\[0, 1\] = 0.0 must be > 0 \(empty response\)")
+    _err(lambda: L.infonca(lp, ref, R, label_weights=t64([-1.0, 0.5])), r"label_weights\[0, 0\] = -1.0 must be finite and >= 0")
+    _err(lambda: L.sft(lp, None, R, mask=torch.tensor([[False, False]])), r"sft: row 0 has 0 valid")
+    _err(lambda: get_loss("ncaa"), r"unknown loss 'ncaa'; known losses: cdpo, clha, cpl, dpo, .*sft, simpo")
+    _err(lambda: get_loss("nca+0.1*sftt"), r"unknown loss 'sftt'")
+    _err(lambda: get_loss("nca+-0.1*sft"), r"cannot parse loss")
+    _err(lambda: get_loss(""), r"non-empty string")
+    _err(lambda: LOSSES["dpo"](lp, ref, R, alpha=1.0), r"loss 'dpo' has no hyperparameter alpha; its hyperparameters are: beta, pairs")
+    _err(lambda: get_loss("nca+0.1*sft")(lp, ref, R, gamma=1.0), r"has no hyperparameter gamma")
+
+
+def test_validate_false_skips_only_data_checks():
+    lp, ref, R = t64([-1.0, -2.0]), t64([-1.0, -2.0]), t64([1.0, 0.0])
+    # hyperparameter checks are pure Python and always run
+    _err(lambda: L.dpo(lp, ref, R, beta=-1.0, validate=False), r"beta must be")
+    # data checks that would synchronise with the device are skipped; the value is unchanged
+    assert L.dpo(lp, ref, R, validate=False).item() == L.dpo(lp, ref, R).item()
