@@ -468,3 +468,49 @@ def test_validate_false_skips_only_data_checks():
     _err(lambda: L.dpo(lp, ref, R, beta=-1.0, validate=False), r"beta must be")
     # data checks that would synchronise with the device are skipped; the value is unchanged
     assert L.dpo(lp, ref, R, validate=False).item() == L.dpo(lp, ref, R).item()
+
+
+# ------------------------------------------------------------------ the reference implementations' batch formulas
+
+
+def test_nca_authors_batch_formulation():
+    """thu-ml/Noise-Contrastive-Alignment reward_trainer.py (REFERENCES.md), K = 4:
+    InfoNCA = mean_b −Σ_i p_i log_softmax(r)_i; NCA = −logsigmoid(−r).mean() over B×K − mean_b Σ_i p_i logsigmoid(r_i),
+    p = softmax(scores / temperature_alpha), r = β(logπ − logπ_ref). Our per-prompt losses, averaged over B, match."""
+    g = torch.Generator().manual_seed(3)
+    B, K, beta, temp = 6, 4, 0.01, 0.5
+    lp = -torch.rand(B, K, generator=g, dtype=torch.float64) * 200
+    ref = lp + torch.randn(B, K, generator=g, dtype=torch.float64) * 20
+    scores = torch.randint(1, 11, (B, K), generator=g).to(torch.float64)
+    r = beta * (lp - ref)
+    p = torch.softmax(scores / temp, dim=-1)
+    info_ref = -(p * torch.log_softmax(r, dim=-1)).sum(-1).mean()
+    nca_ref = -torch.nn.functional.logsigmoid(-r).mean() - (p * torch.nn.functional.logsigmoid(r)).sum(-1).mean()
+    assert L.infonca(lp, ref, scores, beta=beta, alpha=temp).mean().item() == pytest.approx(info_ref.item(), abs=1e-12)
+    assert L.nca(lp, ref, scores, beta=beta, alpha=temp).mean().item() == pytest.approx(nca_ref.item(), abs=1e-12)
+
+
+def test_trl_batch_formulation():
+    """TRL 1.16 DPOTrainer._compute_loss (REFERENCES.md) on [chosen; rejected] pairs: d = ρ_c − ρ_r,
+    sigmoid −logσ(βd), hinge relu(1 − βd), ipo ((s_c/|y_c| − s_r/|y_r|) − 1/(2β))² on log-ratios,
+    robust [−(1−ε)logσ(βd) + ε logσ(−βd)]/(1−2ε), nca_pair as in the NCA paper; batch means."""
+    g = torch.Generator().manual_seed(4)
+    B, beta, eps = 8, 0.2, 0.15
+    lp = -torch.rand(B, 2, generator=g, dtype=torch.float64) * 50
+    ref = lp + torch.randn(B, 2, generator=g, dtype=torch.float64) * 3
+    n = torch.randint(1, 30, (B, 2), generator=g).to(torch.float64)
+    R = torch.tensor([[1.0, 0.0]] * B, dtype=torch.float64)
+    rho = lp - ref
+    d = rho[:, 0] - rho[:, 1]
+    F_ = torch.nn.functional
+    trl = {
+        "dpo": (-F_.logsigmoid(beta * d)).mean(),
+        "hinge": torch.relu(1 - beta * d).mean(),
+        "ipo": ((rho[:, 0] / n[:, 0] - rho[:, 1] / n[:, 1]) - 1 / (2 * beta)).pow(2).mean(),
+        "rdpo": ((-(1 - eps) * F_.logsigmoid(beta * d) + eps * F_.logsigmoid(-beta * d)) / (1 - 2 * eps)).mean(),
+        "nca_pair": (-F_.logsigmoid(beta * rho[:, 0]) - 0.5 * F_.logsigmoid(-beta * rho[:, 0]) - 0.5 * F_.logsigmoid(-beta * rho[:, 1])).mean(),
+    }
+    for name, expect in trl.items():
+        hp = dict(beta=beta, eps=eps) if name == "rdpo" else dict(beta=beta)
+        got = LOSSES[name](lp, ref, R, lengths=n, **hp).mean()
+        assert got.item() == pytest.approx(expect.item(), abs=1e-12), name
