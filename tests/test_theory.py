@@ -1,0 +1,363 @@
+"""Self-consistency of the closed forms in nca_lab.theory (float64).
+
+These tests check the closed forms against each other and against their defining identities
+(exact enumeration vs exact integral, self-normalisation, limits); the comparison with the
+minimiser of the population losses lives in tests/test_prop_*.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy.special import expit, log_expit
+
+from nca_lab import theory as T
+
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
+MU_MIN = 1e-3
+
+
+@st.composite
+def instances(draw, min_range: float = 0.2, constant: bool = False):
+    """(mu, r, alpha): |Y| in 2..8, min mu >= 1e-3, r in [-3, 3], alpha in [0.3, 3].
+
+    ``min_range`` keeps r away from the constant case that several statements exclude
+    (hypothesis shrinks towards ties); ``constant=True`` draws exactly that case.
+    """
+    n = draw(st.integers(2, 8))
+    u = np.array(draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n)))
+    u = u / u.sum() if u.sum() > 0 else np.full(n, 1.0 / n)
+    mu = MU_MIN + (1.0 - n * MU_MIN) * u  # min >= 1e-3, sums to 1
+    mu = mu / mu.sum()
+    if constant:
+        r = np.full(n, draw(st.floats(-3.0, 3.0)))
+    else:
+        r = np.array(draw(st.lists(st.floats(-3.0, 3.0), min_size=n, max_size=n)))
+        assume(r.max() - r.min() >= min_range)
+    alpha = draw(st.floats(0.3, 3.0))
+    return mu, r, alpha
+
+
+# ------------------------------------------------------------------------------ partition, InfoNCA
+
+
+@SETTINGS
+@given(instances())
+def test_log_partition_matches_direct_sum(inst):
+    mu, r, alpha = inst
+    # direct sum is safe here: |r/alpha| <= 10; agreement to round-off
+    assert T.log_partition(mu, r, alpha) == pytest.approx(math.log(np.sum(mu * np.exp(r / alpha))), abs=1e-12)
+
+
+@SETTINGS
+@given(instances(), st.floats(0.3, 3.0))
+def test_infonca_optima_have_the_stated_shape_and_normalisation(inst, beta):
+    mu, r, alpha = inst
+    f = T.infonca_optimum(mu, r, alpha)
+    shift = f - r / alpha
+    assert np.ptp(shift) < 1e-12  # f = r/alpha + C (Prop. 1)
+    assert T.nca_self_normalisation(mu, f) == pytest.approx(1.0, abs=1e-12)
+    logpi = T.infonca_policy_optimum(mu, r, alpha, beta)
+    assert np.exp(logpi).sum() == pytest.approx(1.0, abs=1e-12)
+    # beta (log pi - log mu) = r/alpha + C: the policy reaches InfoNCA's free optimum for every beta
+    assert np.ptp(beta * (logpi - np.log(mu)) - r / alpha) < 1e-10
+    np.testing.assert_allclose(T.nca_exact_normalisation_optimum(mu, r, alpha), f, atol=0)
+
+
+# ------------------------------------------------------------------------------ NCA at finite K
+
+
+@SETTINGS
+@given(instances(), st.sampled_from([2, 3, 5, 8]))
+def test_nca_enumeration_matches_integral(inst, K):
+    mu, r, alpha = inst
+    enumerated = T.nca_optimum_enumerated(mu, r, alpha, K)
+    integral = T.nca_optimum_integral(mu, r, alpha, K)
+    # Both are exact: enumeration up to summation round-off over <= 3432 multisets, the
+    # integral to quad's relative 1e-13 per piece; observed agreement ~1e-15, 1e-9 leaves room.
+    np.testing.assert_allclose(integral, enumerated, rtol=0, atol=1e-9)
+
+
+@SETTINGS
+@given(instances())
+def test_nca_optimum_is_self_normalised_for_every_K(inst):
+    mu, r, alpha = inst
+    # Prop. 4: sum_y mu e^{f*_K} = E[sum_i w_i] = 1 for every K; exact up to quadrature/summation
+    # round-off, so 1e-10.
+    for K in (2, 3, 10, 50, 1000):
+        assert T.nca_self_normalisation(mu, T.nca_optimum(mu, r, alpha, K)) == pytest.approx(1.0, abs=1e-10)
+    assert T.nca_self_normalisation(mu, T.nca_optimum(mu, r, alpha)) == pytest.approx(1.0, abs=1e-12)
+
+
+@SETTINGS
+@given(instances())
+def test_nca_finite_k_differs_from_the_limit_at_K2(inst):
+    mu, r, alpha = inst
+    gap = T.nca_optimum(mu, r, alpha, 2) - T.nca_optimum(mu, r, alpha)
+    # r/alpha spans >= 0.2/3 here, so the K=2 bias is of order 1e-2 (c/2 with c ~ the spread of
+    # a/Z); 1e-6 is far above round-off and far below the effect.
+    assert np.abs(gap).max() > 1e-6
+
+
+@SETTINGS
+@given(instances(constant=True), st.sampled_from([2, 3, 7, 500]))
+def test_nca_finite_k_is_exact_for_constant_rewards(inst, K):
+    mu, r, alpha = inst
+    # constant r: w = 1/K in every tuple, so f*_K = log(K * 1/K) = 0 = r/alpha - log Z
+    np.testing.assert_allclose(T.nca_optimum(mu, r, alpha, K), 0.0, atol=1e-12)
+    np.testing.assert_allclose(T.nca_gap_coefficient(mu, r, alpha), 0.0, atol=1e-12)
+
+
+@SETTINGS
+@given(instances(min_range=0.5))
+def test_nca_gap_coefficient_is_the_leading_term(inst):
+    """Prop. 3: f*_K - (r/alpha - log Z) = c/K + c2/K^2 + O(K^-3).
+
+    d(K) = K * gap - c = c2/K + O(K^-2) must shrink by 4x when K quadruples. The expansion is in
+    powers of kappa/K with kappa = max(a)/Z (which bounds Var(a)/Z^2 + 1 and every higher
+    relative moment), so K1 = 2000 * ceil(kappa) puts the O(K^-2) correction of the ratio below
+    ~kappa/K1 <= 1/2000; [3.8, 4.2] leaves 10x room. The integral is accurate to ~1e-13, i.e.
+    K * 1e-13 <= 1e-6 in K * gap, far below d(K).
+    """
+    mu, r, alpha = inst
+    a_over_z = np.exp(r / alpha - T.log_partition(mu, r, alpha))
+    kappa = a_over_z.max()
+    K1 = 2000 * math.ceil(kappa)
+    K2 = 4 * K1
+    limit = T.nca_optimum(mu, r, alpha)
+    c = T.nca_gap_coefficient(mu, r, alpha)
+    d1 = K1 * (T.nca_optimum_integral(mu, r, alpha, K1) - limit) - c
+    d2 = K2 * (T.nca_optimum_integral(mu, r, alpha, K2) - limit) - c
+    ratio = np.abs(d1).max() / np.abs(d2).max()
+    assert 3.8 < ratio < 4.2
+    # and K * gap is already close to c: |d2| ~ c2/K2 with |c2| <~ kappa^2
+    assert np.abs(d2).max() <= 1e-2 * max(1.0, np.abs(c).max())
+
+
+@SETTINGS
+@given(instances(), st.sampled_from([2, 3, 10, None]))
+def test_nca_best_above_and_worst_below_reference(inst, K):
+    mu, r, alpha = inst
+    f = T.nca_optimum(mu, r, alpha, K)
+    # Prop. 5: a_best / (a_best + S) >= 1/K since S <= (K-1) a_best (and a_best/Z >= 1 in the limit)
+    assert f[np.argmax(r)] >= -1e-12
+    assert f[np.argmin(r)] <= 1e-12
+
+
+# ------------------------------------------------------------------------------ NCA, leave-one-out
+
+
+@SETTINGS
+@given(instances(), st.sampled_from([2, 3, 6]))
+def test_nca_loo_enumeration_matches_integral_and_shape_is_exact(inst, K):
+    mu, r, alpha = inst
+    c_enum = T.nca_loo_constant(mu, r, alpha, K, method="enumerate")
+    c_int = T.nca_loo_constant(mu, r, alpha, K, method="integral")
+    assert c_int == pytest.approx(c_enum, abs=1e-9)  # both exact; observed ~1e-15
+    f = T.nca_loo_optimum(mu, r, alpha, K)
+    assert np.ptp(f - r / alpha) < 1e-12  # Prop. 19: the shape r/alpha is exact
+
+
+@SETTINGS
+@given(instances())
+def test_nca_loo_mass_exceeds_one_and_decreases_with_K(inst):
+    mu, r, alpha = inst
+    masses = [float(T.nca_loo_mass(mu, r, alpha, K)) for K in (2, 5, 50, 2000)]
+    # Jensen: Z E[1/M] > Z / E[M] = 1 for non-constant r. Sample means decrease in convex
+    # order as n grows, so E[1/M_n] is non-increasing in n. The strict gap is at least
+    # ~Var(a)/Z^2 / (K-1) >= 1e-7 here; 1e-12 covers quadrature round-off.
+    assert masses[0] > 1.0 + 1e-12
+    assert all(m > 1.0 for m in masses)
+    assert all(a >= b - 1e-12 for a, b in zip(masses, masses[1:]))
+
+
+@SETTINGS
+@given(instances(constant=True), st.sampled_from([2, 4, 100]))
+def test_nca_loo_mass_is_one_for_constant_rewards(inst, K):
+    mu, r, alpha = inst
+    assert T.nca_loo_mass(mu, r, alpha, K) == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(T.nca_loo_optimum(mu, r, alpha, K), 0.0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ Bradley-Terry pairs
+
+
+@SETTINGS
+@given(instances(min_range=0.0))
+def test_win_probabilities_and_pairwise_optima(inst):
+    mu, r, _ = inst
+    p = T.bt_win_probability(mu, r)
+    direct = np.array([sum(mu[j] * expit(r[i] - r[j]) for j in range(len(r))) for i in range(len(r))])
+    np.testing.assert_allclose(p, direct, rtol=0, atol=1e-14)
+    # sigma(x) + sigma(-x) = 1 makes sum mu 2 p_win = 1 (Prop. 7)
+    assert np.sum(mu * 2.0 * p) == pytest.approx(1.0, abs=1e-13)
+    assert T.nca_self_normalisation(mu, T.nca_pair_optimum(mu, r)) == pytest.approx(1.0, abs=1e-13)
+
+
+@SETTINGS
+@given(instances(), st.floats(0.3, 3.0))
+def test_dpo_bt_optimum_is_r_plus_constant_with_normalised_policy(inst, beta):
+    mu, r, _ = inst
+    f = T.dpo_bt_optimum(mu, r, beta)
+    assert np.ptp(f - r) < 1e-12
+    assert np.sum(mu * np.exp(f / beta)) == pytest.approx(1.0, abs=1e-12)  # pi* = mu e^{f/beta}
+
+
+# ------------------------------------------------------------------------------ IPO
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5, 1.0, 3.0])
+def test_ipo_three_action_example(tau):
+    h = T.ipo_three_action_example(tau)
+    assert set(h) == {("a", "b"), ("b", "c"), ("a", "c")}
+    assert h[("a", "b")] == pytest.approx(1 / (3 * tau), rel=1e-12)
+    assert h[("b", "c")] == pytest.approx(1 / (3 * tau), rel=1e-12)
+    assert h[("a", "c")] == pytest.approx(2 / (3 * tau), rel=1e-12)
+
+
+@SETTINGS
+@given(
+    st.integers(2, 6).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)).filter(lambda p: p[0] != p[1]),
+                     min_size=1, max_size=12),
+        )
+    ),
+    st.floats(0.1, 3.0),
+)
+def test_ipo_finite_data_optimum_is_stationary_and_min_norm(data, tau):
+    n, pairs = data
+    g = T.ipo_finite_data_optimum(pairs, n, tau)
+    # gradient of sum (g_w - g_l - 1/(2 tau))^2 vanishes at the least-squares solution
+    grad = np.zeros(n)
+    for w, l in pairs:
+        resid = g[w] - g[l] - 1.0 / (2.0 * tau)
+        grad[w] += 2 * resid
+        grad[l] -= 2 * resid
+    np.testing.assert_allclose(grad, 0.0, atol=1e-9 * (1 + len(pairs) / tau))
+    # minimum norm: orthogonal to the constants, so the sum over all actions is zero
+    assert abs(g.sum()) < 1e-9 / tau
+    mu = np.full(n, 1.0 / n)
+    g_mu = T.ipo_finite_data_optimum(pairs, n, tau, mu=mu)
+    assert np.sum(mu * np.exp(g_mu)) == pytest.approx(1.0, abs=1e-12)
+    assert np.ptp(g_mu - g) < 1e-12
+
+
+# ------------------------------------------------------------------------------ CPL
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(instances())
+def test_cpl_lambda_one_closed_form_is_the_population_minimiser(inst):
+    mu, r, alpha = inst
+    closed = T.cpl_bandit_optimum(r, alpha)
+    numeric = T.cpl_policy_optimum(mu, r, alpha, 1.0)
+    # the numerical solver stops on a Newton step < 1e-9; 1e-8 is the documented accuracy
+    np.testing.assert_allclose(numeric, closed, rtol=0, atol=1e-8)
+    assert np.exp(closed).sum() == pytest.approx(1.0, abs=1e-12)
+    assert T.cpl_bias(mu, r, alpha, 1.0) < 1e-8
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(instances(), st.sampled_from([0.9, 0.5, 0.2]))
+def test_cpl_policy_optimum_minimises_the_population_loss(inst, lam):
+    mu, r, alpha = inst
+    logpi = T.cpl_policy_optimum(mu, r, alpha, lam)
+    best = T.cpl_population_loss(logpi, mu, r, alpha, lam)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        theta = logpi + 1e-3 * rng.standard_normal(len(mu))
+        other = theta - np.log(np.exp(theta).sum())
+        # a strict minimiser on the simplex: every perturbed normalised policy is no better
+        # (second-order increase ~1e-6 * curvature >> round-off 1e-15)
+        assert T.cpl_population_loss(other, mu, r, alpha, lam) >= best - 1e-13
+
+
+def test_cpl_bias_grows_as_lambda_falls_on_a_seeded_instance():
+    """Prop. 10's 'the error grows as lambda falls', on one seeded instance (not a law, see below)."""
+    rng = np.random.default_rng(0)
+    mu = rng.dirichlet(np.ones(5))
+    r = rng.uniform(-3, 3, 5)
+    bias = [float(T.cpl_bias(mu, r, 1.0, lam)) for lam in (1.0, 0.9, 0.7, 0.5, 0.3)]
+    assert bias[0] < 1e-8
+    assert all(b2 > b1 + 1e-3 for b1, b2 in zip(bias, bias[1:]))
+
+
+def test_cpl_bias_is_not_monotone_in_lambda_in_general():
+    """Counterexample found by a sweep: with two actions the lam < 1 optimum can pass back
+    through the lam = 1 optimum (bias ~ 0 near lam = 0.6) before growing again."""
+    mu = np.array([0.672, 0.328])
+    r = np.array([-0.05, -2.58])
+    alpha = 1.14
+    b8, b6, b3 = (float(T.cpl_bias(mu, r, alpha, lam)) for lam in (0.8, 0.6, 0.3))
+    assert b6 < 0.1 * b8  # observed 0.0005 vs 0.0305
+    assert b3 > b8
+
+
+# ------------------------------------------------------------------------------ rDPO
+
+
+@SETTINGS
+@given(st.floats(-30.0, 30.0), st.floats(0.0, 0.49))
+def test_rdpo_expected_loss_is_the_clean_loss(h, eps):
+    clean = -log_expit(h)
+    # the identity is exact (proofs/sympy_rdpo.py); numerically the 1/(1 - 2 eps) <= 50 factor
+    # amplifies round-off of terms of size <= 31, hence 1e-11 absolute
+    assert T.rdpo_expected_loss(h, eps) == pytest.approx(clean, abs=1e-11)
+
+
+# ------------------------------------------------------------------------------ batches and validation
+
+
+def test_batched_inputs_match_rowwise():
+    rng = np.random.default_rng(1)
+    mu = rng.dirichlet(np.ones(4), size=3)
+    r = rng.uniform(-3, 3, (3, 4))
+    for fn in (
+        lambda m, x: T.infonca_optimum(m, x, 0.7),
+        lambda m, x: T.nca_optimum(m, x, 0.7, 4),
+        lambda m, x: T.nca_optimum(m, x, 0.7, 3000),
+        lambda m, x: T.nca_loo_optimum(m, x, 0.7, 3),
+        lambda m, x: T.nca_gap_coefficient(m, x, 0.7),
+        lambda m, x: T.nca_pair_optimum(m, x),
+        lambda m, x: T.dpo_bt_optimum(m, x, 0.5),
+        lambda m, x: T.cpl_policy_optimum(m, x, 0.7, 0.5),
+    ):
+        batched = fn(mu, r)
+        rows = np.stack([fn(mu[i], r[i]) for i in range(3)])
+        np.testing.assert_allclose(batched, rows, rtol=0, atol=1e-14)
+    # one mu broadcast against several reward rows
+    np.testing.assert_allclose(T.nca_optimum(mu[0], r, 0.7, 3), T.nca_optimum(np.tile(mu[0], (3, 1)), r, 0.7, 3))
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda: T.nca_optimum([0.5, 0.4], [0.0, 1.0], 1.0), "mu"),
+        (lambda: T.nca_optimum([1.0, 0.0], [0.0, 1.0], 1.0), "mu"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0, 2.0], 1.0), "shape mismatch"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 0.0), "alpha"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], -1.0), "alpha"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 1.0, K=1), "K"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 1.0, K=2.5), "K"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, np.nan], 1.0), "r"),
+        (lambda: T.nca_loo_mass([0.5, 0.5], [0.0, 1.0], 1.0, K=0), "K"),
+        (lambda: T.dpo_bt_optimum([0.5, 0.5], [0.0, 1.0], 0.0), "beta"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 1.0, K=3, method="mc"), "method"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1000.0], 1.0, K=3), "r/alpha"),
+        (lambda: T.ipo_finite_data_optimum([(0, 3)], 3, 1.0), "pairs[0]"),
+        (lambda: T.ipo_finite_data_optimum([(1, 1)], 3, 1.0), "pairs[0]"),
+        (lambda: T.ipo_finite_data_optimum([(0, 1)], 3, -1.0), "tau"),
+        (lambda: T.cpl_bandit_optimum([0.0, 1.0], 1.0, lam=0.5), "mu_pairs"),
+        (lambda: T.cpl_policy_optimum([0.5, 0.5], [0.0, 1.0], 1.0, lam=1.5), "lam"),
+        (lambda: T.rdpo_expected_loss(0.3, 0.5), "eps"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_field(call, field):
+    with pytest.raises(ValueError, match=__import__("re").escape(field)):
+        call()
