@@ -379,16 +379,18 @@ def population_loss(
 
 def _population_loss(name, logpi, mu, r, K, labels, context_weights, flip_rate, method, max_rows, hparams) -> Tensor:
     loss = get_loss(name)
+    mu_in = mu
     mu, r = check_instance(mu, r)
     X, Y = mu.shape
     if isinstance(logpi, Tensor):
         logpi_t = logpi.to(torch.float64)
     else:
         logpi_t = torch.from_numpy(_as_f64(logpi, "logpi"))
+    given_shape = tuple(logpi_t.shape)
     if logpi_t.dim() == 1:
         logpi_t = logpi_t[None]
     if tuple(logpi_t.shape) != (X, Y):
-        raise ValueError(f"shape mismatch: logpi has shape {tuple(logpi.shape)}, mu has shape {(X, Y) if X > 1 else (Y,)}")
+        raise ValueError(f"shape mismatch: logpi has shape {given_shape}, mu has shape {np.shape(mu_in)}")
     K = _check_K(K, loss)
     if not (callable(labels) or labels in LABEL_SOURCES):
         raise ValueError(f"labels must be one of {', '.join(map(repr, LABEL_SOURCES))} or a callable; got {labels!r}")

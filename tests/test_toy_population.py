@@ -1,0 +1,271 @@
+"""Software tests of the toy world's population losses, solver and instances (``nca_lab.toy``).
+
+The exact population loss is checked against a brute-force nested sum over ordered K-tuples (one
+registry-loss call per tuple, weight ∏ μ), for every registry loss, with and without reward ties; the
+Bradley–Terry expectation against its definition; the integral path against enumeration; gradients
+against finite differences. Tolerances: sums of ≤ 3⁴ float64 terms agree to ~1e-15 relative, 1e-12 is
+asserted; central differences with h = 1e-5 have truncation error ~h²·|f'''| ≈ 1e-10.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import expit
+from strategies import torch_one_thread  # noqa: F401 (autouse fixture)
+
+from nca_lab.losses import LOSSES
+from nca_lab.toy import NoMinimiserError, optimum, population_loss, random_instance
+from nca_lab.toy.population import nca_label_coefficients
+
+HP = {"alpha": 0.7, "beta": 0.8}
+
+
+def hp_for(name):
+    d = LOSSES[name].defaults
+    out = {k: v for k, v in HP.items() if k in d}
+    if name in ("clha",):
+        out["min_gap"] = 0.5  # let the margin terms act on rewards in [−3, 3]
+    return out
+
+
+def brute_force(name, logpi, mu, r, K, **hp):
+    total = 0.0
+    for tup in itertools.product(range(len(mu)), repeat=K):
+        idx = list(tup)
+        w = float(np.prod(mu[idx]))
+        val = LOSSES[name](
+            torch.tensor(logpi[idx][None], dtype=torch.float64),
+            torch.tensor(np.log(mu[idx])[None], dtype=torch.float64),
+            torch.tensor(r[idx][None], dtype=torch.float64),
+            **hp,
+        )
+        total += w * float(val)
+    return total
+
+
+INSTANCES = {
+    "untied": (np.array([0.2, 0.5, 0.3]), np.array([1.0, -0.5, 2.5])),
+    "tied": (np.array([0.25, 0.45, 0.3]), np.array([1.0, 1.0, -2.0])),  # order matters for tie rules
+}
+
+
+@pytest.mark.parametrize("case", sorted(INSTANCES))
+@pytest.mark.parametrize("K", [2, 3])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_enumeration_matches_brute_force(name, K, case):
+    mu, r = INSTANCES[case]
+    logpi = np.log(mu) + np.array([0.3, -0.8, 0.5])
+    hp = hp_for(name)
+    exact = float(population_loss(name, logpi, mu, r, K, **hp))
+    assert exact == pytest.approx(brute_force(name, logpi, mu, r, K, **hp), rel=1e-12, abs=1e-12)
+
+
+def test_combination_is_the_weighted_sum():
+    mu, r = INSTANCES["untied"]
+    logpi = np.log(mu) + 0.4
+    combo = float(population_loss("nca+0.1*sft", logpi, mu, r, 3, alpha=0.7, beta=0.8))
+    parts = float(population_loss("nca", logpi, mu, r, 3, alpha=0.7, beta=0.8)) + 0.1 * float(population_loss("sft", logpi, mu, r, 3))
+    assert combo == pytest.approx(parts, rel=1e-13)
+
+
+@pytest.mark.parametrize("flip", [0.0, 0.2])
+@pytest.mark.parametrize("name", ["dpo", "nca_pair", "cpl", "infonca", "ipo"])
+def test_bt_labels_match_definition(name, flip):
+    mu, r = INSTANCES["untied"]
+    logpi = np.log(mu) + np.array([0.3, -0.8, 0.5])
+    hp = hp_for(name)
+    expected = 0.0
+    for y1, y2 in itertools.product(range(3), repeat=2):
+        p = expit(r[y1] - r[y2])
+        p = (1 - flip) * p + flip * (1 - p)
+        for R, prob in (([1.0, 0.0], p), ([0.0, 1.0], 1 - p)):
+            val = LOSSES[name](
+                torch.tensor([[logpi[y1], logpi[y2]]], dtype=torch.float64),
+                torch.tensor([[math.log(mu[y1]), math.log(mu[y2])]], dtype=torch.float64),
+                torch.tensor([R], dtype=torch.float64),
+                **hp,
+            )
+            expected += mu[y1] * mu[y2] * prob * float(val)
+    got = float(population_loss(name, logpi, mu, r, 2, "bt", flip_rate=flip, **hp))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("labels", ["reward", "loo", "exact_norm"])
+def test_integral_path_matches_enumeration(labels):
+    mu, r = INSTANCES["untied"]
+    logpi = torch.tensor(np.log(mu) + np.array([0.3, -0.8, 0.5]), requires_grad=True)
+    values, grads = [], []
+    for method in ("enumerate", "integral"):
+        v = population_loss("nca", logpi, mu, r, 6, labels, method=method, alpha=0.7, beta=0.8)
+        (g,) = torch.autograd.grad(v, logpi)
+        values.append(float(v.detach()))
+        grads.append(g)
+    assert values[1] == pytest.approx(values[0], rel=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-12, rtol=1e-11)
+
+
+def test_label_coefficients_are_scale_free_and_exact_at_small_K():
+    mu, r = INSTANCES["untied"]
+    # K = 2, softmax labels: c_y = 2 E[a_y/(a_y + a')] written out
+    a = np.exp(r / 0.7)
+    direct = 2 * np.array([np.sum(mu * a[y] / (a[y] + a)) for y in range(3)])
+    np.testing.assert_allclose(nca_label_coefficients(mu, r, 0.7, 2, "reward"), direct, rtol=1e-14)
+    np.testing.assert_allclose(nca_label_coefficients(mu, r + 5.0, 0.7, 2, "reward"), direct, rtol=1e-14)
+
+
+def test_auto_switches_to_integral_for_large_K():
+    mu, r = random_instance(1, 4, min_gap=0.2)
+    logpi = np.log(mu)
+    auto = float(population_loss("nca", logpi, mu, r, 300, alpha=1.0, beta=1.0))  # 4.6M multisets
+    assert auto == pytest.approx(float(population_loss("nca", logpi, mu, r, 300, method="integral", alpha=1.0, beta=1.0)), rel=1e-15)
+    with pytest.raises(ValueError, match="max_rows"):
+        population_loss("infonca", logpi, mu, r, 300, alpha=1.0, beta=1.0)
+
+
+def test_gradient_matches_finite_differences():
+    mu, r = random_instance(2, 4, min_gap=0.2)
+    x0 = np.log(mu) + np.random.default_rng(0).normal(size=4)
+    for name, K, labels, hp in [("nca", 3, "reward", dict(alpha=0.6, beta=0.9)), ("dpo", 2, "bt", dict(beta=0.5)), ("pro", 3, "reward", {})]:
+        x = torch.tensor(x0, requires_grad=True)
+        (g,) = torch.autograd.grad(population_loss(name, x, mu, r, K, labels, **hp), x)
+        h = 1e-5
+        fd = np.array([
+            (float(population_loss(name, x0 + h * e, mu, r, K, labels, **hp)) - float(population_loss(name, x0 - h * e, mu, r, K, labels, **hp))) / (2 * h)
+            for e in np.eye(4)
+        ])
+        np.testing.assert_allclose(g.numpy(), fd, atol=1e-8, rtol=0)
+
+
+def test_contexts_average_with_weights():
+    mu, r = random_instance(3, 4, X=3, min_gap=0.1)
+    logpi = np.log(mu) + 0.2
+    rho = np.array([0.5, 0.3, 0.2])
+    joint = float(population_loss("nca", logpi, mu, r, 3, context_weights=rho, alpha=1.0, beta=1.0))
+    parts = [float(population_loss("nca", logpi[x], mu[x], r[x], 3, alpha=1.0, beta=1.0)) for x in range(3)]
+    assert joint == pytest.approx(float(np.dot(rho, parts)), rel=1e-13)
+    uniform = float(population_loss("nca", logpi, mu, r, 3, alpha=1.0, beta=1.0))
+    assert uniform == pytest.approx(float(np.mean(parts)), rel=1e-13)
+    f = optimum("nca", mu, r, 3, alpha=1.0, beta=1.0)
+    assert f.shape == (3, 4)
+    for x in range(3):
+        np.testing.assert_allclose(f[x], optimum("nca", mu[x], r[x], 3, alpha=1.0, beta=1.0), atol=1e-12)
+
+
+def test_at_reference_values():
+    """Closed-form values at π = μ: ln 2 per DPO pair (ties skipped), 2 ln 2 for NCA, ln K for InfoNCA."""
+    mu, r = INSTANCES["untied"]
+    lm = np.log(mu)
+    assert float(population_loss("nca", lm, mu, r, 4, alpha=0.5, beta=1.0)) == pytest.approx(2 * math.log(2), rel=1e-13)
+    assert float(population_loss("infonca", lm, mu, r, 4, alpha=0.5, beta=1.0)) == pytest.approx(math.log(4), rel=1e-13)
+    assert float(population_loss("dpo", lm, mu, r, 2, "bt")) == pytest.approx(math.log(2), rel=1e-13)
+    p_distinct = 1 - float(np.sum(mu**2))
+    assert float(population_loss("dpo", lm, mu, r, 2)) == pytest.approx(math.log(2) * p_distinct, rel=1e-13)
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(name="nope"), "unknown loss"),
+        (dict(name="dpo", K=1), "needs K >= 2"),
+        (dict(K=2.0), "K must be an int"),
+        (dict(mu=np.array([0.5, 0.5, 0.0])), "full support"),
+        (dict(mu=np.array([0.5, 0.4, 0.2])), "sum to 1"),
+        (dict(mu=np.array([0.5, np.nan, 0.5])), "NaN"),
+        (dict(r=np.zeros(4)), "shape mismatch"),
+        (dict(logpi=np.zeros(4)), "shape mismatch"),
+        (dict(labels="softmax"), "labels must be one of"),
+        (dict(labels="bt", K=3), "needs K = 2"),
+        (dict(name="dpo", labels="loo"), "loo"),
+        (dict(name="dpo", labels="exact_norm"), "label_weights"),
+        (dict(flip_rate=0.1), "flip_rate applies"),
+        (dict(labels="bt", K=2, flip_rate=0.5), "flip_rate must lie"),
+        (dict(method="mc"), "method must be"),
+        (dict(name="dpo", method="integral"), "only for 'nca'"),
+        (dict(gamma=1.0), "no hyperparameter"),
+        (dict(label_weights=torch.ones(1, 3)), "set by population_loss"),
+        (dict(context_weights=np.array([0.5, 0.5])), "context_weights"),
+    ],
+)
+def test_population_loss_errors(kwargs, match):
+    mu, r = INSTANCES["untied"]
+    args = dict(name="nca", logpi=np.log(mu), mu=mu, r=r, K=3, alpha=1.0, beta=1.0)
+    args.update(kwargs)
+    if args["name"] == "dpo":
+        args.pop("alpha")
+    with pytest.raises(ValueError, match=match):
+        population_loss(**args)
+
+
+def test_sft_accepts_K_1():
+    mu, r = INSTANCES["untied"]
+    logpi = np.log([0.1, 0.2, 0.7])
+    # K = 1: E[−log π(y)] = cross-entropy of μ against π
+    assert float(population_loss("sft", logpi, mu, r, 1)) == pytest.approx(-float(np.dot(mu, logpi)), rel=1e-14)
+
+
+def test_optimum_errors_and_no_minimiser():
+    mu, r = INSTANCES["untied"]
+    with pytest.raises(ValueError, match="piecewise"):
+        optimum("hinge", mu, r, 2)
+    with pytest.raises(ValueError, match="piecewise"):
+        optimum("nca+0.1*rrhf", mu, r, 2, alpha=1.0, beta=1.0)
+    with pytest.raises(ValueError, match="param"):
+        optimum("nca", mu, r, 2, param="energy", alpha=1.0, beta=1.0)
+    # DPO on deterministic preferences (labels = rewards): no minimiser, in both parameterisations
+    for param in ("free", "policy"):
+        with pytest.raises(NoMinimiserError):
+            optimum("dpo", mu, r, 2, param=param, beta=1.0)
+    # CPL with λ < 1, free log π: the loss falls as every log π grows
+    with pytest.raises(NoMinimiserError):
+        optimum("cpl", mu, r, 2, labels="bt", alpha=1.0, lam=0.5)
+
+
+def test_optimum_gauge_and_outputs():
+    mu, r = INSTANCES["untied"]
+    # shift-invariant loss: the free answer is the normalised policy's implicit reward
+    f = optimum("infonca", mu, r, 3, alpha=0.7, beta=0.8)
+    assert float(np.sum(mu * np.exp(f / 0.8))) == pytest.approx(1.0, abs=1e-12)
+    # reference-free loss: log π*, normalised
+    lp = optimum("cpl", mu, r, 2, param="policy", labels="bt", alpha=0.7, lam=1.0)
+    assert float(np.sum(np.exp(lp))) == pytest.approx(1.0, abs=1e-12)
+    # registry default β is used when none is given (DPO: 0.1)
+    f_default = optimum("dpo", mu, r, 2, labels="bt")
+    np.testing.assert_allclose(f_default, optimum("dpo", mu, r, 2, labels="bt", beta=0.1), atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ instances
+
+
+def test_random_instance_properties():
+    for seed in range(20):
+        mu, r = random_instance(seed, 6, min_gap=0.5)
+        assert mu.shape == r.shape == (6,)
+        assert mu.min() >= 1e-3 - 1e-15 and abs(mu.sum() - 1) < 1e-12
+        assert r.min() >= -3 and r.max() <= 3
+        assert np.diff(np.sort(r)).min() >= 0.5 - 1e-12
+    mu, r = random_instance(np.random.default_rng(0), 3, X=5)
+    assert mu.shape == r.shape == (5, 3)
+    np.testing.assert_allclose(mu.sum(axis=1), 1.0)
+    a, b = random_instance(7, 4), random_instance(7, 4)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(Y=0), "Y must"),
+        (dict(Y=4, min_gap=3.0), "min_gap"),
+        (dict(Y=4, min_mu=0.3), "min_mu"),
+        (dict(Y=4, X=0), "X must"),
+        (dict(Y=4, r_low=1.0, r_high=0.0), "r_low"),
+    ],
+)
+def test_random_instance_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        random_instance(0, **kwargs)
