@@ -1,0 +1,347 @@
+"""The trainer's configuration: one dataclass, filled from defaults < a YAML/JSON file < command-line flags.
+
+``python -m nca_lab.llm.train --config recipe.yaml --beta 0.05`` reads ``recipe.yaml`` (keys are the
+:class:`TrainConfig` field names; ``-`` and ``_`` are interchangeable) and lets every flag override it.
+Loss hyperparameters (``alpha``, ``beta``, ``eps``, ...) left unset take the registry's per-loss defaults
+(``nca_lab.losses.get_loss(name).defaults``); setting one that the chosen loss does not accept is an error
+naming it. Every problem is a ``ValueError`` naming the key/flag, which the CLI turns into a one-line message
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from nca_lab.losses import LOSSES, get_loss
+
+__all__ = ["TrainConfig", "HPARAM_FIELDS", "build_parser", "config_from_args", "load_config_file", "loss_hparams"]
+
+# The loss hyperparameters the CLI exposes (each is a keyword argument of some registry loss).
+HPARAM_FIELDS = ("alpha", "beta", "eps", "lam", "gamma", "margin", "min_gap", "sft_gate", "sft_weight", "pairs",
+                 "labels")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``None`` means "not set" (a default applies later)."""
+
+    # what to train on
+    model: str | None = None  # hub id or local path; None together with data=None: the built-in demo
+    data: str | None = None  # hub id, local json/jsonl/parquet file or folder
+    eval_data: str | None = None
+    split: str = "train"
+    eval_split: str = "train"
+    schema: str | None = None  # ultrafeedback | nca | pairwise | hh | generic; None: detected from the columns
+    reward_field: str | None = None
+    skip_invalid_rows: bool = False
+    # the loss and its hyperparameters (None: the registry's default for the chosen loss)
+    loss: str = "nca"
+    alpha: float | None = None
+    beta: float | None = None
+    eps: float | None = None
+    lam: float | None = None
+    gamma: float | None = None
+    margin: float | None = None
+    min_gap: float | None = None
+    sft_gate: float | None = None
+    sft_weight: float | None = None
+    pairs: str | None = None
+    labels: str | None = None
+    # tokenisation
+    max_length: int = 1024
+    max_prompt_length: int | None = None
+    drop_overlong: bool = False  # drop responses that do not fit max_length instead of stopping with an error
+    # optimisation
+    seed: int = 0
+    lr: float = 5e-6
+    batch_size: int = 4  # prompts per device per step (each with its K responses)
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    dropout: bool = False  # keep the model's dropout (off by default: policy = reference at step 0)
+    chunk_size: int = 1024  # response positions per chunk of fp32 logits in the log-prob computation
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_target_modules: str = "all-linear"
+    # bookkeeping
+    output_dir: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+    report_to: str = "none"  # none | tensorboard
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    eval_steps: int | None = None  # None: evaluate once at the end when eval_data is given
+    ref_cache_dir: str | None = None  # None: <output_dir>/ref_cache
+    num_proc: int | None = None
+    debug: bool = False
+    stop_after_steps: int | None = None  # hidden (tests): stop training after this many optimizer steps
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model is None and self.data is None
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_CHOICES = {"report_to": ("none", "tensorboard"), "pairs": ("best_worst", "best_rest", "all"),
+            "labels": ("softmax", "loo"), "schema": ("ultrafeedback", "nca", "pairwise", "hh", "generic")}
+
+
+def _field_type(name: str) -> type:
+    """The scalar Python type of a field (``float | None`` -> float)."""
+    hint = str(_FIELDS[name].type)
+    for t in (bool, int, float, str):
+        if hint.startswith(t.__name__):
+            return t
+    raise AssertionError(f"unhandled field type {hint} for {name}")
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Check/convert one config value; ValueError naming the key and where it came from."""
+    if value is None:
+        if _FIELDS[name].default is None:
+            return None
+        raise ValueError(f"{where}: {name} must not be null")
+    t = _field_type(name)
+    if t is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {name} must be true or false, got {value!r}")
+        return value
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
+        return value
+    if t is float:
+        if isinstance(value, str):
+            # PyYAML reads "5e-6" (no dot) as a string, per YAML 1.1: accept numeric strings for numbers.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {name} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {name} must be a string, got {value!r}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
+    return value
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or JSON config file into ``{field: value}``, keys checked and coerced."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--config: file {path!r} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: report as bad input, one line
+        raise ValueError(f"--config {path}: cannot parse: {str(e).splitlines()[0]}") from e
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path}: expected a mapping of keys to values, got {type(raw).__name__}")
+    out = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in _FIELDS or name == "stop_after_steps":
+            raise ValueError(f"--config {path}: unknown key {key!r}; known keys: "
+                             f"{', '.join(n for n in _FIELDS if n != 'stop_after_steps')}")
+        out[name] = _coerce(name, value, f"--config {path}")
+    return out
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints usage + error and exits 2; we keep the exit code but print one line."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+_HELP = {
+    "model": "Hugging Face causal LM: hub id or local path (default: the built-in demo)",
+    "data": "preference data: hub id, local json/jsonl/parquet file or folder (default: the built-in demo)",
+    "eval_data": "held-out preference data, same forms as --data",
+    "split": "split of --data (e.g. train, train[:1000])",
+    "eval_split": "split of --eval-data",
+    "schema": "data schema (default: detected from the columns)",
+    "reward_field": "reward field (ultrafeedback: overall_score, fine-grained_score, ratings, ...)",
+    "skip_invalid_rows": "drop invalid rows (counted in the data report) instead of stopping",
+    "loss": "registry loss or weighted combination, e.g. nca, dpo, nca+0.1*sft",
+    "alpha": "reward temperature of infonca/nca (w = softmax(R/alpha)); CPL's scale",
+    "beta": "implicit reward scale r = beta*(log pi - log pi_ref); IPO's tau; SimPO's beta",
+    "eps": "label-noise rate of cdpo/rdpo, in [0, 0.5)",
+    "lam": "CPL's contrastive bias lambda, in (0, 1]",
+    "gamma": "SimPO's target margin",
+    "margin": "CLHA's margin",
+    "min_gap": "CLHA's minimum reward gap for a pair to count",
+    "sft_gate": "CLHA: SFT term only when the best reward exceeds this",
+    "sft_weight": "weight of the SFT term of clha/pro/rrhf",
+    "pairs": "which pairs pairwise losses use",
+    "labels": "infonca/nca soft labels: softmax (paper) or loo (leave-one-out)",
+    "max_length": "tokens per prompt + response (prompts are truncated from the left)",
+    "max_prompt_length": "tokens per prompt",
+    "drop_overlong": "drop responses longer than --max-length allows instead of stopping with an error",
+    "seed": "random seed (model init of the demo, data order, everything)",
+    "lr": "peak learning rate",
+    "batch_size": "prompts per device per step (each with all its K responses)",
+    "grad_accum": "gradient accumulation steps",
+    "epochs": "number of epochs (ignored when --max-steps > 0)",
+    "max_steps": "optimizer steps (overrides --epochs when > 0)",
+    "lr_scheduler": "transformers scheduler name (cosine, linear, constant, constant_with_warmup, ...)",
+    "warmup_ratio": "fraction of the steps with linear warm-up",
+    "weight_decay": "AdamW weight decay",
+    "max_grad_norm": "gradient clipping norm",
+    "bf16": "load the model in bfloat16 (policy and reference alike)",
+    "gradient_checkpointing": "recompute activations in the backward pass",
+    "dropout": "keep the model's dropout (off by default so that the policy equals the reference at step 0)",
+    "chunk_size": "response positions per chunk of fp32 logits",
+    "lora": "train LoRA adapters (needs peft: pip install nca_lab[lora]); reference = base model",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_target_modules": "LoRA target modules (comma-separated names, or all-linear)",
+    "output_dir": "where checkpoints, the final model and metrics.json go",
+    "overwrite": "allow writing into a non-empty --output-dir (its contents may be replaced)",
+    "resume": "continue from the last checkpoint in --output-dir",
+    "report_to": "none or tensorboard",
+    "logging_steps": "log the loss and metrics every N steps",
+    "save_steps": "save a checkpoint every N steps",
+    "save_total_limit": "keep at most N checkpoints",
+    "eval_steps": "evaluate every N steps (default: once at the end)",
+    "ref_cache_dir": "reference log-prob cache (default: <output-dir>/ref_cache)",
+    "num_proc": "processes for tokenisation",
+    "debug": "show Python tracebacks on errors",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI parser. Every flag defaults to 'not given' so that the config file's values survive."""
+    p = _OneLineErrorParser(
+        prog="python -m nca_lab.llm.train",
+        description="Fine-tune a Hugging Face causal LM with a contrastive alignment loss from nca_lab.losses. "
+                    "With neither --model nor --data: a small built-in demonstration (no network).",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", help="YAML or JSON file with any of the options below (flags override it)")
+    for name in _FIELDS:
+        flag = "--" + name.replace("_", "-")
+        if name == "stop_after_steps":
+            p.add_argument(flag, type=int, help=argparse.SUPPRESS)
+            continue
+        t = _field_type(name)
+        if t is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=_HELP[name])
+        else:
+            p.add_argument(flag, type=t, choices=_CHOICES.get(name), help=_HELP[name], metavar=name.upper())
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    """defaults < ``--config`` file < flags; returns a checked :class:`TrainConfig`."""
+    ns = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    config_path = ns.pop("config", None)
+    if config_path is not None:
+        values.update(load_config_file(config_path))
+    values.update(ns)
+    if values.get("model") is None and values.get("data") is None:
+        values = _with_demo_defaults(values)
+    cfg = TrainConfig(**values)
+    check_config(cfg)
+    return cfg
+
+
+def _with_demo_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """The demo's recipe (:data:`nca_lab.llm.demo.DEMO_DEFAULTS`) under the explicitly given values; its loss
+    hyperparameters only where the chosen loss accepts them."""
+    from nca_lab.llm.demo import DEMO_DEFAULTS, DEMO_HPARAMS
+
+    out = dict(values)
+    for key, value in DEMO_DEFAULTS.items():
+        out.setdefault(key, value)
+    accepted = get_loss(out["loss"]).defaults
+    for key in DEMO_HPARAMS:
+        if key not in values and key not in accepted:
+            out.pop(key, None)
+    return out
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Range checks and the loss/hyperparameter consistency check (ValueError naming the option)."""
+    for name in _FIELDS:
+        _coerce(name, getattr(cfg, name), "config")
+    if (cfg.model is None) != (cfg.data is None):
+        given, missing = ("--model", "--data") if cfg.model is not None else ("--data", "--model")
+        raise ValueError(f"{given} is given but {missing} is not; give both (or neither for the built-in demo)")
+    if cfg.eval_data is not None and cfg.is_demo:
+        raise ValueError("--eval-data needs --model and --data")
+    positive = {"lr": cfg.lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "max_length": cfg.max_length,
+                "logging_steps": cfg.logging_steps, "save_steps": cfg.save_steps, "chunk_size": cfg.chunk_size,
+                "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    for name in ("max_prompt_length", "save_total_limit", "eval_steps", "stop_after_steps", "num_proc"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    if cfg.max_steps <= 0 and not cfg.epochs > 0:
+        raise ValueError(f"--epochs must be > 0 when --max-steps is not given, got {cfg.epochs}")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ValueError(f"--warmup-ratio must lie in [0, 1), got {cfg.warmup_ratio}")
+    loss_hparams(cfg)  # unknown loss / hyperparameter not accepted by the loss
+
+
+def loss_hparams(cfg: TrainConfig) -> dict[str, Any]:
+    """The hyperparameters set in ``cfg`` for its loss. ValueError for an unknown loss (listing the known
+    ones) or a hyperparameter the loss does not accept (naming it and the accepted ones)."""
+    loss = get_loss(cfg.loss)
+    given = {k: getattr(cfg, k) for k in HPARAM_FIELDS if getattr(cfg, k) is not None}
+    unknown = [k for k in given if k not in loss.defaults]
+    if unknown:
+        accepted = [k for k in loss.defaults if k in HPARAM_FIELDS]
+        raise ValueError(f"--{unknown[0].replace('_', '-')}: loss {cfg.loss!r} has no hyperparameter {unknown[0]!r}; "
+                         f"it accepts: {', '.join('--' + k.replace('_', '-') for k in accepted) or '(none)'}")
+    _check_values(loss, given)
+    return given
+
+
+def _check_values(loss, given: dict[str, Any]) -> None:
+    """Range-check the hyperparameters now (before any model is loaded) by calling the loss once on a tiny
+    pairwise batch: the loss's own checks (e.g. ``eps must lie in [0, 0.5)``) then surface as a bad-input error."""
+    import torch
+
+    zeros = torch.zeros(1, 2)
+    try:
+        loss(zeros, zeros, torch.tensor([[1.0, 0.0]]), **given)
+    except ValueError as e:
+        raise ValueError(f"loss {loss.name!r}: {e}") from e
+
+
+def resolved_hparams(cfg: TrainConfig) -> dict[str, Any]:
+    """Every hyperparameter of the loss with the value the run uses (given, else the registry default)."""
+    loss = get_loss(cfg.loss)
+    out = {k: v for k, v in loss.defaults.items() if k in HPARAM_FIELDS}
+    out.update(loss_hparams(cfg))
+    return out
+
+
+def known_losses() -> list[str]:
+    return sorted(LOSSES)

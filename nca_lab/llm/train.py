@@ -1,0 +1,395 @@
+"""``python -m nca_lab.llm.train``: fine-tune a Hugging Face causal LM with a loss from :mod:`nca_lab.losses`.
+
+Pipeline (each step is one module with one job):
+
+1. configuration: defaults < ``--config`` YAML/JSON < flags (:mod:`nca_lab.llm.config`);
+2. model + tokenizer by ``from_pretrained`` (hub id or local path), or the built-in demo
+   (:mod:`nca_lab.llm.demo`) when neither ``--model`` nor ``--data`` is given; dropout disabled unless
+   ``--dropout``;
+3. data → records (:func:`nca_lab.llm.data.load_records`, validated once here) → token ids
+   (:func:`nca_lab.llm.tokenization.tokenize_dataset`);
+4. reference log-probs for reference-based losses, computed once with the training's dtype, batch size and
+   collation and cached on disk (:mod:`nca_lab.llm.reference`); under ``torchrun``/``accelerate launch``
+   the main process computes and caches them first, the other processes then load the cache;
+5. ``--lora``: LoRA adapters (peft) on the model whose reference was just computed, i.e. the reference is
+   the base model (= the adapters-disabled policy);
+6. training with :class:`nca_lab.llm.trainer.ContrastiveTrainer` (transformers ``Trainer``);
+7. the final model + tokenizer (``save_pretrained`` format) and ``metrics.json`` (log history, config, data
+   and tokenisation reports, versions, throughput) in ``--output-dir``.
+
+Bad input (data rows, options, files) ends with a one-line ``error: ...`` on stderr and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nca_lab.llm.config import TrainConfig, config_from_args, loss_hparams, resolved_hparams
+
+__all__ = ["main", "run", "prepare_output_dir", "training_arguments", "load_tokenizer", "load_model"]
+
+EXIT_BAD_INPUT = 2
+
+
+# ----------------------------------------------------------------------------------------- output directory
+
+
+def prepare_output_dir(cfg: TrainConfig) -> str:
+    """Check the output directory against ``--resume``/``--overwrite``; returns its path.
+
+    A non-empty directory is refused unless ``--resume`` (which needs a ``checkpoint-*`` in it) or
+    ``--overwrite`` (which removes its ``checkpoint-*`` folders so that no stale checkpoint is resumed later;
+    other files are overwritten as the run writes them).
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = cfg.output_dir
+    if out is None:
+        if not cfg.is_demo:
+            raise ValueError("--output-dir is required (where checkpoints, the model and metrics.json go)")
+        if cfg.resume:
+            raise ValueError("--resume needs --output-dir (the directory holding the checkpoints)")
+        return tempfile.mkdtemp(prefix="nca_lab_demo_")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--output-dir {out!r} exists and is not a directory")
+    non_empty = os.path.isdir(out) and any(os.scandir(out))
+    if cfg.resume:
+        if not non_empty or get_last_checkpoint(out) is None:
+            raise ValueError(f"--resume: no checkpoint-* folder in --output-dir {out!r}")
+        if cfg.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other; give one")
+    elif non_empty and not cfg.overwrite:
+        raise ValueError(f"--output-dir {out!r} is not empty; pass --resume to continue its run or --overwrite "
+                         "to replace it")
+    return out
+
+
+def _clear_checkpoints(out: str) -> None:
+    for entry in os.scandir(out):
+        if entry.is_dir() and entry.name.startswith("checkpoint-"):
+            shutil.rmtree(entry.path)
+
+
+# ----------------------------------------------------------------------------------------- model and data
+
+
+def load_tokenizer(cfg: TrainConfig):
+    """``AutoTokenizer.from_pretrained`` by hub id or local path (the same code path)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cfg.model)
+
+
+def load_model(cfg: TrainConfig):
+    """``AutoModelForCausalLM.from_pretrained`` in float32, or bfloat16 with ``--bf16``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
+
+
+def _ensure_pad_token(tokenizer) -> int:
+    # Padding positions are masked out of every sum, so any id works; EOS is the usual choice (TRL too).
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("--model: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer.pad_token_id
+
+
+def _load_data(cfg: TrainConfig, source: str, split: str, tokenizer):
+    from nca_lab.llm.data import load_records
+
+    # HH transcripts: chat-formatted turns when the tokenizer has a template (data module's trainer rule).
+    hh_as_messages = getattr(tokenizer, "chat_template", None) is not None
+    return load_records(source, schema=cfg.schema, reward_field=cfg.reward_field, split=split,
+                        skip_invalid_rows=cfg.skip_invalid_rows, hh_as_messages=hh_as_messages)
+
+
+def _tokenize(cfg: TrainConfig, records, tokenizer):
+    from nca_lab.llm.tokenization import tokenize_dataset
+
+    return tokenize_dataset(records, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                            on_overlong="drop" if cfg.drop_overlong else "error", num_proc=cfg.num_proc)
+
+
+def _check_extras(cfg: TrainConfig) -> None:
+    """Optional packages a flag needs, checked before any model is loaded (ImportError -> exit code 2)."""
+    import importlib.util
+
+    if cfg.report_to == "tensorboard" and not (importlib.util.find_spec("tensorboard")
+                                               or importlib.util.find_spec("tensorboardX")):
+        raise ImportError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
+    if cfg.lora and importlib.util.find_spec("peft") is None:
+        raise ImportError("--lora needs peft: pip install 'nca_lab[lora]' (or pip install peft)")
+
+
+def _wrap_lora(model, cfg: TrainConfig):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ImportError("--lora needs peft: pip install 'nca_lab[lora]' (or pip install peft)") from e
+    targets = cfg.lora_target_modules
+    target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=target_modules, task_type="CAUSAL_LM",
+                      lora_dropout=0.05 if cfg.dropout else 0.0)
+    model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    return model
+
+
+# ----------------------------------------------------------------------------------------- Trainer wiring
+
+
+def training_arguments(cfg: TrainConfig, output_dir: str):
+    """The ``TrainingArguments`` of a run (seeded data order, so that ``--resume`` replays the same batches)."""
+    import torch
+    from transformers import TrainingArguments
+
+    evaluate = cfg.eval_data is not None and cfg.eval_steps is not None
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=cfg.bf16,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.eval_steps if evaluate else None,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,  # the collator needs prompt_ids/response_ids
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # Without an accelerator, say so: only then does accelerate treat a torchrun/accelerate-launch job as
+        # multi-process CPU training (gloo) rather than as N independent single-process runs.
+        use_cpu=not _has_accelerator(),
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool(torch.cuda.is_available() or (mps is not None and mps.is_available())
+                or (xpu is not None and xpu.is_available()))
+
+
+def _metric_beta(loss, hparams: dict[str, Any]) -> float:
+    """β of the implicit reward in the metrics: the loss's β (given or default), 1 for losses without one."""
+    if "beta" in hparams:
+        return float(hparams["beta"])
+    return float(loss.defaults.get("beta", 1.0))
+
+
+def _tokens_per_second(trainer, metrics: dict) -> float | None:
+    runtime = metrics.get("train_runtime")
+    seen = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    return round(seen / runtime, 1) if runtime else None
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    import nca_lab
+
+    out = {"python": platform.python_version(), "nca_lab": nca_lab.__version__, "torch": torch.__version__,
+           "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+           "datasets": datasets.__version__}
+    try:
+        import peft
+
+        out["peft"] = peft.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _device_description(args) -> str:
+    import torch
+
+    device = args.device
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x {args.world_size}"
+    return f"{device.type} ({os.cpu_count()} cores visible) x {args.world_size} process(es), " \
+           f"{torch.get_num_threads()} torch threads each"
+
+
+def _say(args, message: str) -> None:
+    if args.process_index == 0:
+        print(message, flush=True)
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train according to ``cfg``; returns the content written to ``metrics.json``."""
+    import torch
+    from transformers import set_seed
+
+    from nca_lab.llm.collate import ResponseCollator
+    from nca_lab.llm.demo import demo_inputs
+    from nca_lab.llm.reference import attach_ref_logps, compute_reference_logps
+    from nca_lab.llm.trainer import ContrastiveTrainer, StopAfterStepsCallback, disable_dropout
+    from nca_lab.losses import get_loss
+
+    loss = get_loss(cfg.loss)
+    hparams = loss_hparams(cfg)
+    _check_extras(cfg)
+    output_dir = prepare_output_dir(cfg)
+    args = training_arguments(cfg, output_dir)  # initialises the process group under torchrun/accelerate
+    from accelerate import PartialState
+
+    state = PartialState()
+    # Every process has checked the directory before the main process writes anything into it.
+    state.wait_for_everyone()
+    if cfg.overwrite and args.process_index == 0 and os.path.isdir(output_dir):
+        _clear_checkpoints(output_dir)
+    set_seed(cfg.seed)
+
+    if cfg.is_demo:
+        model, tokenizer, records, data_report, description = demo_inputs(seed=cfg.seed)
+        eval_data_report = None
+        _say(args, description)
+    else:
+        # Tokenizer and data before the model: bad data then fails in seconds, not after loading weights.
+        tokenizer = load_tokenizer(cfg)
+        records, data_report = _load_data(cfg, cfg.data, cfg.split, tokenizer)
+        eval_records = eval_data_report = None
+        if cfg.eval_data is not None:
+            eval_records, eval_data_report = _load_data(cfg, cfg.eval_data, cfg.eval_split, tokenizer)
+        model = load_model(cfg)
+    pad_token_id = _ensure_pad_token(tokenizer)
+    if not cfg.dropout:
+        disable_dropout(model)
+    for line in data_report.summary():
+        _say(args, line)
+    train_ds, tok_report = _tokenize(cfg, records, tokenizer)
+    for line in tok_report.summary():
+        _say(args, line)
+    eval_ds = eval_tok_report = None
+    if cfg.eval_data is not None:
+        eval_ds, eval_tok_report = _tokenize(cfg, eval_records, tokenizer)
+
+    ref_seconds = 0.0
+    if loss.needs_ref:
+        # Same device, dtype (autocast included), batch size and collation as the policy forward, so that the
+        # step-0 loss is the closed-form value at pi_theta = pi_ref.
+        model.to(args.device)
+        cache_dir = cfg.ref_cache_dir or os.path.join(output_dir, "ref_cache")
+        autocast = torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        t0 = time.perf_counter()
+        with args.main_process_first(local=False, desc="reference log-probs"), autocast:
+            ref = compute_reference_logps(model, train_ds, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
+                                          cache_dir=cache_dir, chunk_size=cfg.chunk_size,
+                                          show_progress=args.process_index == 0 and not args.disable_tqdm)
+            eval_ref = None if eval_ds is None else compute_reference_logps(
+                model, eval_ds, batch_size=cfg.batch_size, pad_token_id=pad_token_id, cache_dir=cache_dir,
+                chunk_size=cfg.chunk_size, show_progress=False)
+        ref_seconds = time.perf_counter() - t0
+        train_ds = attach_ref_logps(train_ds, ref)
+        if eval_ds is not None:
+            eval_ds = attach_ref_logps(eval_ds, eval_ref)
+        _say(args, f"reference log-probs: {len(ref)} prompts in {ref_seconds:.1f} s (cache: {cache_dir})")
+    if cfg.lora:
+        model = _wrap_lora(model, cfg)
+
+    trainer = ContrastiveTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        data_collator=ResponseCollator(pad_token_id), processing_class=tokenizer,
+        callbacks=[StopAfterStepsCallback(cfg.stop_after_steps)] if cfg.stop_after_steps else None,
+        loss=loss, loss_hparams=hparams, metric_beta=_metric_beta(loss, hparams), chunk_size=cfg.chunk_size,
+    )
+    _say(args, f"loss {loss.name} {resolved_hparams(cfg)}; {args.world_size} process(es); output: {output_dir}")
+    train_output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    final_eval = None
+    if eval_ds is not None and cfg.eval_steps is None:
+        final_eval = trainer.evaluate()
+    trainer.save_model(output_dir)  # model + tokenizer, save_pretrained format (main process only)
+
+    history = trainer.state.log_history
+    train_logs = [h for h in history if "loss" in h]
+    for h in train_logs:
+        shown = {k: round(v, 4) for k, v in h.items() if k in ("loss", "rewards/accuracies", "rewards/margins",
+                                                                 "logps/chosen", "logps/rejected")}
+        _say(args, f"step {h['step']:>5}: " + "  ".join(f"{k} {v}" for k, v in shown.items()))
+    summary = {
+        "output_dir": output_dir,
+        "command": sys.argv,
+        "config": dataclasses.asdict(cfg),
+        "loss": {"name": loss.name, "hparams": resolved_hparams(cfg), "needs_ref": loss.needs_ref,
+                 "metric_beta": _metric_beta(loss, hparams)},
+        "data": {"train": data_report.summary(), "eval": eval_data_report.summary() if eval_data_report else None},
+        "tokenization": {"train": tok_report.summary(),
+                         "eval": eval_tok_report.summary() if eval_tok_report else None},
+        "log_history": history,
+        "train": train_output.metrics,
+        "eval": final_eval,
+        "throughput": {
+            "device": _device_description(args),
+            "world_size": args.world_size,
+            "steps": trainer.state.global_step,
+            "train_runtime_s": train_output.metrics.get("train_runtime"),
+            "train_steps_per_second": train_output.metrics.get("train_steps_per_second"),
+            "prompts_per_second": train_output.metrics.get("train_samples_per_second"),
+            # tokens fed to the model (attention-mask sum: each response with its prompt) in this session
+            "tokens_per_second": _tokens_per_second(trainer, train_output.metrics),
+            "reference_seconds": round(ref_seconds, 3),
+        },
+        "versions": _versions(),
+    }
+    if args.process_index == 0:
+        Path(output_dir, "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        _say(args, f"saved model, tokenizer and metrics.json to {output_dir}")
+    state.wait_for_everyone()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (0, or 2 for bad input)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = config_from_args(argv)
+        run(cfg)
+    except (ValueError, OSError, ImportError) as e:
+        # Bad input: data rows (DataError is a ValueError), options, missing files, missing extras.
+        if debug:
+            raise
+        message = str(e).strip() or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

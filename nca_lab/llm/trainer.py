@@ -1,0 +1,142 @@
+"""``ContrastiveTrainer``: the transformers ``Trainer`` driving a registry loss from :mod:`nca_lab.losses`.
+
+One training step on a batch of B prompts with up to K responses each (collated by
+:func:`nca_lab.llm.collate.collate_responses` into B·K sequences):
+
+1. one forward over all B·K sequences → summed response log-probs ``policy_logps [B, K]``
+   (:func:`nca_lab.llm.logps.batch_logps`: chunked, no full-vocabulary fp32 logits);
+2. the registry loss, called unchanged with summed log-probs, ``lengths``, ``mask``, the cached
+   ``ref_logps`` (computed once before training: no second model in memory) and ``validate=False``
+   (the data was validated when it was loaded), giving ``[B]``;
+3. the mean over prompts. Under data parallelism each process averages its own prompts and DDP averages
+   the gradients, i.e. the mean over the global batch (equal per-device batch sizes).
+
+Everything else — optimiser, scheduler, gradient accumulation, mixed precision, DDP/FSDP/DeepSpeed through
+accelerate, checkpoints, resume, logging callbacks — is the ``Trainer``'s. Metrics with TRL's names are
+accumulated per step and averaged per logging interval across processes (:mod:`nca_lab.llm.metrics`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback
+
+from nca_lab.llm.logps import batch_logps
+from nca_lab.llm.metrics import MetricAccumulator, batch_metric_sums
+
+__all__ = ["ContrastiveTrainer", "StopAfterStepsCallback", "disable_dropout"]
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Set every dropout probability of ``model`` to 0; returns how many settings were changed.
+
+    Covers ``nn.Dropout*`` modules, attention modules that read a float ``attention_dropout``/``dropout``
+    attribute at forward time (Llama, Qwen, Mistral: ``dropout=0.0 if not self.training else
+    self.attention_dropout``), and the config's ``*dropout*``/``*pdrop*`` entries (so a saved checkpoint
+    reloads without dropout too). The model stays in train mode, which the Trainer sets every step, so
+    nothing else about train-mode behaviour changes. Why: with dropout the policy's log-probs differ from
+    the reference's at π_θ = π_ref, and the step-0 loss would not be its closed-form value.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p != 0:
+            module.p = 0.0
+            changed += 1
+        for attr in ("attention_dropout", "dropout"):
+            value = getattr(module, attr, None)
+            if isinstance(value, float) and value != 0.0:
+                setattr(module, attr, 0.0)
+                changed += 1
+    config = getattr(model, "config", None)
+    if config is not None:
+        for key, value in config.to_dict().items():
+            if ("dropout" in key or "pdrop" in key) and isinstance(value, float) and value != 0.0:
+                setattr(config, key, 0.0)
+                changed += 1
+    return changed
+
+
+class StopAfterStepsCallback(TrainerCallback):
+    """Stops training after ``steps`` optimizer steps, leaving the schedule configured for the full run.
+
+    Simulates an interruption for the resume test (``--stop-after-steps``, a hidden flag): the checkpoint
+    saved at that step plus ``--resume`` must end where an uninterrupted run ends.
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+        return control
+
+
+class ContrastiveTrainer(Trainer):
+    """``transformers.Trainer`` whose loss is a :mod:`nca_lab.losses` loss over K responses per prompt.
+
+    Args (besides the ``Trainer``'s): ``loss`` a ``LossSpec``/``CombinedLoss`` from
+    :func:`nca_lab.losses.get_loss`; ``loss_hparams`` the hyperparameters passed to it (unset ones take the
+    loss's defaults); ``metric_beta`` the β of the implicit reward in the metrics; ``chunk_size`` response
+    positions per chunk of fp32 logits. Use with ``remove_unused_columns=False`` and a
+    :class:`nca_lab.llm.collate.ResponseCollator`.
+    """
+
+    def __init__(self, *args, loss, loss_hparams: dict[str, Any] | None = None, metric_beta: float = 1.0,
+                 chunk_size: int = 1024, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.remove_unused_columns:
+            raise ValueError("ContrastiveTrainer needs TrainingArguments(remove_unused_columns=False): the "
+                             "collator reads prompt_ids/response_ids, which the model's forward does not take")
+        self.loss_fn = loss
+        self.loss_hparams = dict(loss_hparams or {})
+        self.metric_beta = float(metric_beta)
+        self.chunk_size = chunk_size
+        # Our loss is a mean over prompts; the Trainer must divide it by the accumulation steps itself
+        # (it would skip that if it believed the model normalised by a token count: TRL does the same).
+        self.model_accepts_loss_kwargs = False
+        self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
+
+    def loss_and_metrics(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """Mean per-prompt loss of the batch and its metric sums (see :mod:`nca_lab.llm.metrics`)."""
+        policy_logps, _ = batch_logps(model, inputs, chunk_size=self.chunk_size)
+        ref_logps = inputs.get("ref_logps")
+        if self.loss_fn.needs_ref and ref_logps is None:
+            raise ValueError(f"loss {self.loss_fn.name!r} needs reference log-probs: the dataset has no "
+                             "'ref_logps' column (compute them with nca_lab.llm.reference first)")
+        per_prompt = self.loss_fn(policy_logps, ref_logps, inputs["rewards"], mask=inputs["mask"],
+                                  lengths=inputs["lengths"], validate=False, **self.loss_hparams)
+        metrics = batch_metric_sums(policy_logps, ref_logps if self.loss_fn.needs_ref else None,
+                                    inputs["rewards"], inputs["mask"], self.metric_beta)
+        return per_prompt.mean(), metrics
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.loss_and_metrics(model, inputs)
+        self._metrics["train" if model.training else "eval"].add(metrics)
+        return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, metrics = self.loss_and_metrics(model, inputs)
+        self._metrics["eval"].add(metrics)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Trainer.log runs on every process (the training loop's own loss log all-gathers too), so the
+        # all-reduce inside reduce_and_reset is collective. The end-of-training summary (train_runtime...)
+        # carries neither "loss" nor "eval_loss" and gets no metrics.
+        if "loss" in logs:
+            mode, prefix = "train", ""
+        elif "eval_loss" in logs:
+            mode, prefix = "eval", "eval_"
+        else:
+            mode = None
+        if mode is not None:
+            means = self._metrics[mode].reduce_and_reset(lambda t: self.accelerator.reduce(t, "sum"))
+            # In place: Trainer.evaluate returns the dict it logged, which then carries the metrics too.
+            logs.update({prefix + k: v for k, v in means.items()})
+        super().log(logs, start_time)
