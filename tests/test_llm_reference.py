@@ -242,3 +242,13 @@ def test_reference_with_adapters_disabled(tmp_path):
 
     with pytest.raises(ValueError, match="PeftModel"):
         reference_logps_with_adapters_disabled(tiny_llama(), data, batch_size=2, pad_token_id=PAD)
+
+
+def test_model_fingerprint_of_a_tensor_above_2_to_the_24_entries():
+    """An embedding of 32000 x 768 (> 2^24 entries, Llama-2's vocabulary) once crashed the fingerprint: a float32
+    linspace rounded the last index up past the end. The last entry must be sampled (its change is seen)."""
+    model = tiny_llama(vocab_size=2**24 // 32 + 1)  # embedding and head: 2^24 + 32 entries each
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        model.lm_head.weight.view(-1)[-1] += 1.0
+    assert model_fingerprint(model) != before

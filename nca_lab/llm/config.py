@@ -81,6 +81,7 @@ class TrainConfig:
     resume: bool = False
     report_to: str = "none"  # none | tensorboard
     logging_steps: int = 10
+    save_strategy: str = "steps"  # steps | epoch | no (no: only the final model, no resumable checkpoints)
     save_steps: int = 500
     save_total_limit: int | None = None
     eval_steps: int | None = None  # None: evaluate once at the end when eval_data is given
@@ -95,7 +96,7 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_CHOICES = {"report_to": ("none", "tensorboard"), "pairs": ("best_worst", "best_rest", "all"),
+_CHOICES = {"report_to": ("none", "tensorboard"), "save_strategy": ("steps", "epoch", "no"), "pairs": ("best_worst", "best_rest", "all"),
             "labels": ("softmax", "loo"), "schema": ("ultrafeedback", "nca", "pairwise", "hh", "generic")}
 
 
@@ -209,7 +210,7 @@ _HELP = {
     "warmup_ratio": "fraction of the steps with linear warm-up",
     "weight_decay": "AdamW weight decay",
     "max_grad_norm": "gradient clipping norm",
-    "bf16": "load the model in bfloat16 (policy and reference alike)",
+    "bf16": "bfloat16 mixed precision: float32 master weights, bf16 autocast (policy and reference alike)",
     "gradient_checkpointing": "recompute activations in the backward pass",
     "dropout": "keep the model's dropout (off by default so that the policy equals the reference at step 0)",
     "chunk_size": "response positions per chunk of fp32 logits",
@@ -222,6 +223,7 @@ _HELP = {
     "resume": "continue from the last checkpoint in --output-dir",
     "report_to": "none or tensorboard",
     "logging_steps": "log the loss and metrics every N steps",
+    "save_strategy": "when to save resumable checkpoints: steps, epoch or no (the final model is always saved)",
     "save_steps": "save a checkpoint every N steps",
     "save_total_limit": "keep at most N checkpoints",
     "eval_steps": "evaluate every N steps (default: once at the end)",

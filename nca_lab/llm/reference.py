@@ -133,7 +133,9 @@ def model_fingerprint(model: nn.Module) -> str:
         flat = params[i][1].detach().reshape(-1)
         if flat.numel() == 0:
             continue
-        idx = torch.linspace(0, flat.numel() - 1, min(_SAMPLED_VALUES, flat.numel()), device=flat.device).long()
+        # float64: a float32 linspace rounds the last index numel-1 up to numel once numel > 2^24.
+        idx = torch.linspace(0, flat.numel() - 1, min(_SAMPLED_VALUES, flat.numel()), dtype=torch.float64,
+                             device=flat.device).round().long()
         # float32 holds every bf16/fp16 value exactly, and numpy has no bf16.
         h.update(flat[idx].float().cpu().numpy().tobytes())
     return h.hexdigest()

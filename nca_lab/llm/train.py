@@ -91,12 +91,16 @@ def load_tokenizer(cfg: TrainConfig):
 
 
 def load_model(cfg: TrainConfig):
-    """``AutoModelForCausalLM.from_pretrained`` in float32, or bfloat16 with ``--bf16``."""
+    """``AutoModelForCausalLM.from_pretrained`` in float32, whatever ``--bf16`` says.
+
+    ``--bf16`` is mixed precision (the Trainer's ``bf16=True`` autocast): the weights and AdamW's master copy
+    stay float32. Loading the weights themselves in bfloat16 would round away every update smaller than
+    2^-8 of a weight — at the learning rates of these recipes (1e-6 .. 1e-5) that is most of them.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
 
 
 def _ensure_pad_token(tokenizer) -> int:
@@ -176,7 +180,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str):
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
-        save_strategy="steps",
+        save_strategy=cfg.save_strategy,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if evaluate else "no",
@@ -252,8 +256,12 @@ def _say(args, message: str) -> None:
         print(message, flush=True)
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train according to ``cfg``; returns the content written to ``metrics.json``."""
+def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, Any]:
+    """Train according to ``cfg``; returns the content written to ``metrics.json``.
+
+    ``command``: what to record as the run's command (default ``sys.argv``); drivers that call ``run``
+    in-process pass the equivalent ``python -m nca_lab.llm.train ...`` line.
+    """
     import torch
     from transformers import set_seed
 
@@ -345,7 +353,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         _say(args, f"step {h['step']:>5}: " + "  ".join(f"{k} {v}" for k, v in shown.items()))
     summary = {
         "output_dir": output_dir,
-        "command": sys.argv,
+        "command": sys.argv if command is None else command,
         "config": dataclasses.asdict(cfg),
         "loss": {"name": loss.name, "hparams": resolved_hparams(cfg), "needs_ref": loss.needs_ref,
                  "metric_beta": _metric_beta(loss, hparams)},
