@@ -90,7 +90,11 @@ def collate_responses(
         ``response_mask [N, T]`` bool (True where the *token* is a response token, EOS included);
         packed: ``input_ids [1, L]``, ``position_ids [1, L]``, ``response_mask [1, L]``,
         ``sequence_ids [1, L]`` (sequence index n, -1 on tail padding), no attention_mask;
-        both: ``rewards [B, Kmax]`` float32 (0 where missing), ``mask [B, Kmax]`` bool,
+        both: ``response_positions [2, P]`` int64 (row, column) of the P response tokens and
+        ``response_sequence [P]`` int64 (their sequence index n), computed here on the host so that the
+        training step needs no ``nonzero`` (a host-device synchronisation); ``num_tokens`` (a Python int: the
+        sequences' prompt + response tokens, no padding, the prompt counted once per response);
+        ``rewards [B, Kmax]`` float32 (0 where missing), ``mask [B, Kmax]`` bool,
         ``lengths [B, Kmax]`` int64 response token counts (0 where missing), ``row [B]`` int64 if every
         feature has ``row``, ``ref_logps [B, Kmax]`` float32 (0 where missing) if features carry them.
     """
@@ -134,6 +138,10 @@ def collate_responses(
     batch = _pack(sequences, pad_token_id, pad_to_multiple_of) if packed else _pad(
         sequences, pad_token_id, pad_to_multiple_of
     )
+    rows, cols = batch["response_mask"].nonzero(as_tuple=True)
+    batch["response_positions"] = torch.stack([rows, cols])
+    batch["response_sequence"] = rows.clone() if not packed else batch["sequence_ids"][rows, cols]
+    batch["num_tokens"] = sum(len(s[0]) for s in sequences if s is not None)
     batch.update(rewards=rewards, mask=mask, lengths=lengths)
     if ref_logps is not None:
         batch["ref_logps"] = ref_logps

@@ -71,6 +71,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     dropout: bool = False  # keep the model's dropout (off by default: policy = reference at step 0)
     chunk_size: int = 1024  # response positions per chunk of fp32 logits in the log-prob computation
+    packed: bool = False  # padding-free: a batch's sequences concatenated into one row
+    ref_mode: str = "precompute"  # precompute (cached, before training) | online (frozen copy, in the step)
+    torch_compile: bool = False
+    full_logits: bool = False  # benchmark ablation: fp32 logits over the vocabulary at every position
+    sync_checks: bool = False  # benchmark ablation: input checks inside the step (host-device syncs)
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -96,7 +101,8 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_CHOICES = {"report_to": ("none", "tensorboard"), "save_strategy": ("steps", "epoch", "no"), "pairs": ("best_worst", "best_rest", "all"),
+_CHOICES = {"report_to": ("none", "tensorboard"), "save_strategy": ("steps", "epoch", "no"),
+            "ref_mode": ("precompute", "online"), "pairs": ("best_worst", "best_rest", "all"),
             "labels": ("softmax", "loo"), "schema": ("ultrafeedback", "nca", "pairwise", "hh", "generic")}
 
 
@@ -214,6 +220,15 @@ _HELP = {
     "gradient_checkpointing": "recompute activations in the backward pass",
     "dropout": "keep the model's dropout (off by default so that the policy equals the reference at step 0)",
     "chunk_size": "response positions per chunk of fp32 logits",
+    "packed": "padding-free batches: all sequences of a batch in one row, attention kept apart by position_ids "
+              "(checked on the model at start)",
+    "ref_mode": "precompute: reference log-probs computed once before training and cached (default); online: a "
+                "frozen copy of the model computes them in every step (TRL without precompute_ref_log_probs)",
+    "torch_compile": "compile the model with torch.compile (the Trainer's torch_compile)",
+    "full_logits": "ablation: float32 logits over the whole vocabulary at every position instead of the chunked "
+                   "response-only head",
+    "sync_checks": "ablation: run the input checks of the log-prob and loss code inside every step (each reads a "
+                   "device value on the host)",
     "lora": "train LoRA adapters (needs peft: pip install nca_lab[lora]); reference = base model",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha",
@@ -308,6 +323,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--epochs must be > 0 when --max-steps is not given, got {cfg.epochs}")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ValueError(f"--warmup-ratio must lie in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.ref_mode == "online" and cfg.lora:
+        raise ValueError("--ref-mode online cannot be combined with --lora: with LoRA the reference is the base "
+                         "model with the adapters disabled; use --ref-mode precompute")
+    if cfg.resume and cfg.save_strategy == "no":
+        raise ValueError("--resume needs checkpoints, but --save-strategy is 'no'")
     loss_hparams(cfg)  # unknown loss / hyperparameter not accepted by the loss
 
 

@@ -273,6 +273,9 @@ def sequence_logps(
     num_sequences: int | None = None,
     chunk_size: int = 1024,
     normalize: bool = False,
+    response_positions: Tensor | None = None,
+    response_sequence: Tensor | None = None,
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Summed response log-probs and response token counts per sequence, chunked over the vocabulary head.
 
@@ -286,13 +289,20 @@ def sequence_logps(
         sequence_ids, num_sequences: packed layout only: sequence index of each token, and N.
         chunk_size: number of response positions whose ``[chunk, V]`` float32 logits exist at any time.
         normalize: divide each sum by its token count (0/0 -> 0 for sequences without response tokens).
+        response_positions, response_sequence: ``[2, P]`` (row, column) of the response tokens and ``[P]``
+            their sequence index, as :func:`nca_lab.llm.collate.collate_responses` computes them on the host
+            (``num_sequences`` required). Given, the step needs no ``nonzero`` on the device.
+        validate: check the masks (and the given positions against ``response_mask``). Each check reads a
+            device value on the host, i.e. synchronises; the trainer turns them off (its collator builds
+            the batch from checked data).
 
     Returns:
         ``(logps [N] float32, counts [N] int64)``, differentiable w.r.t. the model parameters.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    _check_masks(input_ids, attention_mask, response_mask)
+    if validate:
+        _check_masks(input_ids, attention_mask, response_mask)
     hidden, model_last_logits, causal_lm, autocast_state = _final_hidden_states(
         model, input_ids, attention_mask, position_ids)
     head = causal_lm.get_output_embeddings()
@@ -301,7 +311,18 @@ def sequence_logps(
     post = _postprocess_fn(causal_lm)
     _verify_head(causal_lm, head, post, hidden[:, -1, :], model_last_logits, autocast_state)
 
-    rows, pred_cols, target_cols, seq, n = _response_positions(response_mask, sequence_ids, num_sequences)
+    if response_positions is None:
+        rows, pred_cols, target_cols, seq, n = _response_positions(response_mask, sequence_ids, num_sequences)
+    else:
+        if num_sequences is None or response_sequence is None:
+            raise ValueError("response_positions: needs response_sequence and num_sequences")
+        rows, target_cols = response_positions[0], response_positions[1]
+        pred_cols, seq, n = target_cols - 1, response_sequence, num_sequences
+        if validate:
+            expected = _response_positions(response_mask, sequence_ids, num_sequences)
+            if not (torch.equal(rows, expected[0]) and torch.equal(target_cols, expected[2])
+                    and torch.equal(seq, expected[3])):
+                raise ValueError("response_positions/response_sequence: disagree with response_mask/sequence_ids")
     with _autocast_like(autocast_state):
         token_logps = _chunked_token_logps(head, post, hidden[rows, pred_cols], input_ids[rows, target_cols],
                                            chunk_size)
@@ -350,29 +371,33 @@ def naive_sequence_logps(
 
 
 def batch_logps(model: nn.Module, batch: dict[str, Tensor], *, chunk_size: int = 1024,
-                normalize: bool = False) -> tuple[Tensor, Tensor]:
+                normalize: bool = False, validate: bool = True, full_logits: bool = False) -> tuple[Tensor, Tensor]:
     """``sequence_logps`` on a batch from :func:`nca_lab.llm.collate.collate_responses` (either layout).
 
     Returns ``(logps [B, Kmax] float32, lengths [B, Kmax] int64)``; entries where ``batch["mask"]`` is False
     are 0. The policy forward (trainer) and the reference pass both go through this function, so they
-    compute the same numbers for the same weights.
+    compute the same numbers for the same weights. ``validate=False`` skips every check that reads a device
+    value on the host (see :func:`sequence_logps`), including the comparison of the counted response tokens
+    with ``batch["lengths"]``. ``full_logits=True`` takes :func:`naive_sequence_logps` instead (float32 logits
+    over the whole vocabulary at every position: the benchmark's "off" switch for the chunked head).
     """
     b, k = batch["mask"].shape
     device = next((p.device for p in unwrap_causal_lm(model).parameters()), torch.device("cpu"))
     to = lambda name: batch[name].to(device) if batch.get(name) is not None else None  # noqa: E731
-    logps, counts = sequence_logps(
-        model,
-        to("input_ids"),
-        to("attention_mask"),
-        to("response_mask"),
-        position_ids=to("position_ids"),
-        sequence_ids=to("sequence_ids"),
-        num_sequences=b * k if "sequence_ids" in batch else None,
-        chunk_size=chunk_size,
-        normalize=normalize,
-    )
+    common = dict(position_ids=to("position_ids"), sequence_ids=to("sequence_ids"),
+                  num_sequences=b * k if "sequence_ids" in batch else None, normalize=normalize)
+    if full_logits:
+        logps, counts = naive_sequence_logps(model, to("input_ids"), to("attention_mask"), to("response_mask"),
+                                             **common)
+    else:
+        if batch.get("response_positions") is not None:
+            common["num_sequences"] = b * k
+        logps, counts = sequence_logps(
+            model, to("input_ids"), to("attention_mask"), to("response_mask"), chunk_size=chunk_size,
+            response_positions=to("response_positions"), response_sequence=to("response_sequence"),
+            validate=validate, **common)
     logps, counts = reshape_to_bk(logps, b, k), reshape_to_bk(counts, b, k)
-    if not torch.equal(counts.cpu(), batch["lengths"].cpu()):
+    if validate and not torch.equal(counts.cpu(), batch["lengths"].cpu()):
         raise ValueError("batch: response token counts from response_mask disagree with batch['lengths']")
     return logps, counts
 

@@ -194,7 +194,11 @@ def training_arguments(cfg: TrainConfig, output_dir: str):
         # Without an accelerator, say so: only then does accelerate treat a torchrun/accelerate-launch job as
         # multi-process CPU training (gloo) rather than as N independent single-process runs.
         use_cpu=not _has_accelerator(),
-        include_num_input_tokens_seen="non_padding",
+        # Both read a device value on the host every step (a synchronisation): the trainer counts dataset tokens
+        # itself from the collator (ContrastiveTrainer.session_tokens_seen), and a NaN loss is logged as NaN.
+        include_num_input_tokens_seen="no",
+        logging_nan_inf_filter=False,
+        torch_compile=cfg.torch_compile,
         disable_tqdm=not sys.stderr.isatty(),
     )
 
@@ -215,9 +219,8 @@ def _metric_beta(loss, hparams: dict[str, Any]) -> float:
     return float(loss.defaults.get("beta", 1.0))
 
 
-def _tokens_per_second(trainer, metrics: dict) -> float | None:
+def _tokens_per_second(seen: int, metrics: dict) -> float | None:
     runtime = metrics.get("train_runtime")
-    seen = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     return round(seen / runtime, 1) if runtime else None
 
 
@@ -310,7 +313,17 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         eval_ds, eval_tok_report = _tokenize(cfg, eval_records, tokenizer)
 
     ref_seconds = 0.0
-    if loss.needs_ref:
+    if cfg.packed:
+        from nca_lab.llm.logps import check_packing_isolates_sequences
+
+        model.to(args.device)
+        check_packing_isolates_sequences(model)  # ValueError naming --packed's requirement if not
+    ref_model = None
+    if loss.needs_ref and cfg.ref_mode == "online":
+        import copy
+
+        ref_model = copy.deepcopy(model)  # a second model in memory, as TRL keeps one
+    elif loss.needs_ref:
         # Same device, dtype (autocast included), batch size and collation as the policy forward, so that the
         # step-0 loss is the closed-form value at pi_theta = pi_ref.
         model.to(args.device)
@@ -319,11 +332,11 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         t0 = time.perf_counter()
         with args.main_process_first(local=False, desc="reference log-probs"), autocast:
             ref = compute_reference_logps(model, train_ds, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
-                                          cache_dir=cache_dir, chunk_size=cfg.chunk_size,
+                                          cache_dir=cache_dir, chunk_size=cfg.chunk_size, packed=cfg.packed,
                                           show_progress=args.process_index == 0 and not args.disable_tqdm)
             eval_ref = None if eval_ds is None else compute_reference_logps(
                 model, eval_ds, batch_size=cfg.batch_size, pad_token_id=pad_token_id, cache_dir=cache_dir,
-                chunk_size=cfg.chunk_size, show_progress=False)
+                chunk_size=cfg.chunk_size, packed=cfg.packed, show_progress=False)
         ref_seconds = time.perf_counter() - t0
         train_ds = attach_ref_logps(train_ds, ref)
         if eval_ds is not None:
@@ -334,12 +347,14 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
 
     trainer = ContrastiveTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=ResponseCollator(pad_token_id), processing_class=tokenizer,
+        data_collator=ResponseCollator(pad_token_id, packed=cfg.packed), processing_class=tokenizer,
         callbacks=[StopAfterStepsCallback(cfg.stop_after_steps)] if cfg.stop_after_steps else None,
         loss=loss, loss_hparams=hparams, metric_beta=_metric_beta(loss, hparams), chunk_size=cfg.chunk_size,
+        ref_model=ref_model, full_logits=cfg.full_logits, sync_checks=cfg.sync_checks,
     )
     _say(args, f"loss {loss.name} {resolved_hparams(cfg)}; {args.world_size} process(es); output: {output_dir}")
     train_output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    session_tokens = trainer.session_tokens_seen()
     final_eval = None
     if eval_ds is not None and cfg.eval_steps is None:
         final_eval = trainer.evaluate()
@@ -370,8 +385,9 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
             "train_runtime_s": train_output.metrics.get("train_runtime"),
             "train_steps_per_second": train_output.metrics.get("train_steps_per_second"),
             "prompts_per_second": train_output.metrics.get("train_samples_per_second"),
-            # tokens fed to the model (attention-mask sum: each response with its prompt) in this session
-            "tokens_per_second": _tokens_per_second(trainer, train_output.metrics),
+            # dataset tokens (each response with its prompt, no padding) in this session
+            "tokens": session_tokens,
+            "tokens_per_second": _tokens_per_second(session_tokens, train_output.metrics),
             "reference_seconds": round(ref_seconds, 3),
         },
         "versions": _versions(),

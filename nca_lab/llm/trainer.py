@@ -3,11 +3,14 @@
 One training step on a batch of B prompts with up to K responses each (collated by
 :func:`nca_lab.llm.collate.collate_responses` into B·K sequences):
 
-1. one forward over all B·K sequences → summed response log-probs ``policy_logps [B, K]``
-   (:func:`nca_lab.llm.logps.batch_logps`: chunked, no full-vocabulary fp32 logits);
+1. one forward over all B·K sequences (padded, or packed padding-free into one row) → summed response
+   log-probs ``policy_logps [B, K]`` (:func:`nca_lab.llm.logps.batch_logps`: chunked, no full-vocabulary
+   fp32 logits, response positions precomputed by the collator);
 2. the registry loss, called unchanged with summed log-probs, ``lengths``, ``mask``, the cached
-   ``ref_logps`` (computed once before training: no second model in memory) and ``validate=False``
-   (the data was validated when it was loaded), giving ``[B]``;
+   ``ref_logps`` (computed once before training: no second model in memory; or, with ``ref_model``, by a
+   frozen model inside the step as TRL does without ``precompute_ref_log_probs``) and ``validate=False``
+   (the data was validated when it was loaded), giving ``[B]``. With ``sync_checks=False`` (default)
+   nothing in the step reads a device value on the host, so the CPU queues kernels ahead of the GPU;
 3. the mean over prompts. Under data parallelism each process averages its own prompts and DDP averages
    the gradients, i.e. the mean over the global batch (equal per-device batch sizes).
 
@@ -86,7 +89,8 @@ class ContrastiveTrainer(Trainer):
     """
 
     def __init__(self, *args, loss, loss_hparams: dict[str, Any] | None = None, metric_beta: float = 1.0,
-                 chunk_size: int = 1024, **kwargs):
+                 chunk_size: int = 1024, ref_model: nn.Module | None = None, full_logits: bool = False,
+                 sync_checks: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.remove_unused_columns:
             raise ValueError("ContrastiveTrainer needs TrainingArguments(remove_unused_columns=False): the "
@@ -95,6 +99,14 @@ class ContrastiveTrainer(Trainer):
         self.loss_hparams = dict(loss_hparams or {})
         self.metric_beta = float(metric_beta)
         self.chunk_size = chunk_size
+        self.full_logits = full_logits
+        self.sync_checks = sync_checks
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.to(self.args.device).eval().requires_grad_(False)
+        # Dataset tokens of the training batches seen by this process in this session (prompt + response per
+        # sequence, no padding): a host-side count from the collator, so counting costs no synchronisation.
+        self.local_tokens_seen = 0
         # Our loss is a mean over prompts; the Trainer must divide it by the accumulation steps itself
         # (it would skip that if it believed the model normalised by a token count: TRL does the same).
         self.model_accepts_loss_kwargs = False
@@ -102,18 +114,25 @@ class ContrastiveTrainer(Trainer):
 
     def loss_and_metrics(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict]:
         """Mean per-prompt loss of the batch and its metric sums (see :mod:`nca_lab.llm.metrics`)."""
-        policy_logps, _ = batch_logps(model, inputs, chunk_size=self.chunk_size)
+        policy_logps, _ = batch_logps(model, inputs, chunk_size=self.chunk_size, validate=self.sync_checks,
+                                      full_logits=self.full_logits)
         ref_logps = inputs.get("ref_logps")
+        if self.ref_model is not None and self.loss_fn.needs_ref:
+            with torch.no_grad(), torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
+                ref_logps, _ = batch_logps(self.ref_model, inputs, chunk_size=self.chunk_size,
+                                           validate=self.sync_checks, full_logits=self.full_logits)
         if self.loss_fn.needs_ref and ref_logps is None:
             raise ValueError(f"loss {self.loss_fn.name!r} needs reference log-probs: the dataset has no "
                              "'ref_logps' column (compute them with nca_lab.llm.reference first)")
         per_prompt = self.loss_fn(policy_logps, ref_logps, inputs["rewards"], mask=inputs["mask"],
-                                  lengths=inputs["lengths"], validate=False, **self.loss_hparams)
+                                  lengths=inputs["lengths"], validate=self.sync_checks, **self.loss_hparams)
         metrics = batch_metric_sums(policy_logps, ref_logps if self.loss_fn.needs_ref else None,
                                     inputs["rewards"], inputs["mask"], self.metric_beta)
         return per_prompt.mean(), metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.local_tokens_seen += int(inputs.get("num_tokens", 0))
         loss, metrics = self.loss_and_metrics(model, inputs)
         self._metrics["train" if model.training else "eval"].add(metrics)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
@@ -125,6 +144,12 @@ class ContrastiveTrainer(Trainer):
         self._metrics["eval"].add(metrics)
         return loss.detach(), None, None
 
+    def session_tokens_seen(self) -> int:
+        """Dataset tokens of all processes' training batches in this session (a collective: call on every
+        process)."""
+        local = torch.tensor(self.local_tokens_seen, dtype=torch.int64, device=self.args.device)
+        return int(self.accelerator.reduce(local, "sum").item())
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Trainer.log runs on every process (the training loop's own loss log all-gathers too), so the
         # all-reduce inside reduce_and_reset is collective. The end-of-training summary (train_runtime...)
@@ -135,6 +160,12 @@ class ContrastiveTrainer(Trainer):
             mode, prefix = "eval", "eval_"
         else:
             mode = None
+        if mode == "train":
+            # Our count replaces the Trainer's (include_num_input_tokens_seen="no"), which reads a device value
+            # every step; the running total is kept in the state so that checkpoints carry it.
+            self.state.num_input_tokens_seen = (getattr(self, "_initial_num_input_tokens_seen", 0)
+                                                + self.session_tokens_seen())
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         if mode is not None:
             means = self._metrics[mode].reduce_and_reset(lambda t: self.accelerator.reduce(t, "sum"))
             # In place: Trainer.evaluate returns the dict it logged, which then carries the metrics too.
