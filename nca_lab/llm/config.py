@@ -72,6 +72,7 @@ class TrainConfig:
     dropout: bool = False  # keep the model's dropout (off by default: policy = reference at step 0)
     chunk_size: int = 1024  # response positions per chunk of fp32 logits in the log-prob computation
     packed: bool = False  # padding-free: a batch's sequences concatenated into one row
+    attn_implementation: str | None = None  # transformers' attn_implementation (None: the model's default)
     ref_mode: str = "precompute"  # precompute (cached, before training) | online (frozen copy, in the step)
     torch_compile: bool = False
     full_logits: bool = False  # benchmark ablation: fp32 logits over the vocabulary at every position
@@ -222,6 +223,9 @@ _HELP = {
     "chunk_size": "response positions per chunk of fp32 logits",
     "packed": "padding-free batches: all sequences of a batch in one row, attention kept apart by position_ids "
               "(checked on the model at start)",
+    "attn_implementation": "transformers attention kernel (sdpa, eager, flex_attention, flash_attention_2, ...); "
+                           "with --packed, one that skips the masked blocks (flex_attention, flash_attention_2) "
+                           "makes padding-free batches pay",
     "ref_mode": "precompute: reference log-probs computed once before training and cached (default); online: a "
                 "frozen copy of the model computes them in every step (TRL without precompute_ref_log_probs)",
     "torch_compile": "compile the model with torch.compile (the Trainer's torch_compile)",

@@ -54,6 +54,12 @@ SIZES: dict[str, dict[str, Any]] = {
     # Llama-2's vocabulary size (32,000) with GPT-2-small's width and depth.
     "100m": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
              "intermediate_size": 2048, "vocab_size": 32000, "max_position_embeddings": 2048},
+    # the benchmark's GPU size (nca_lab.llm.bench): ~0.5B parameters, GQA 16/8 heads, vocab 64,000
+    "0.5b": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8,
+             "intermediate_size": 4096, "vocab_size": 64000, "max_position_embeddings": 2048},
+    # the largest the benchmark's CPU run finishes in minutes on 2 cores
+    "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+              "intermediate_size": 688, "vocab_size": 8192, "max_position_embeddings": 1024},
     "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
              "intermediate_size": 64, "vocab_size": None, "max_position_embeddings": 512},
 }

@@ -100,7 +100,8 @@ def load_model(cfg: TrainConfig):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, **kwargs)
 
 
 def _ensure_pad_token(tokenizer) -> int:
