@@ -43,6 +43,7 @@ import io
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -198,6 +199,9 @@ def run_ours(model_dir: str, data: str, out: Path, *, loss: str, steps: int, bat
             "--logging-steps", str(logging_steps or steps), "--save-strategy", "no", "--seed", str(seed),
             "--bf16" if bf16 else "--no-bf16", *flags]
     cfg = config_from_args(argv)
+    # A fresh output folder per run: the reference cache lives in it, and a cache left by an earlier
+    # configuration would let this one skip its reference precompute.
+    shutil.rmtree(out, ignore_errors=True)
     _reset_memory()
     with contextlib.redirect_stdout(io.StringIO()):
         summary = run(cfg, command="python -m nca_lab.llm.train " + shlex.join(argv))
