@@ -60,12 +60,13 @@ PEAK_FLOPS = {"H100 SXM": 989.4e12, "H100 NVL": 835.0e12, "H100 PCIe": 756.0e12,
 LOSS_TOLERANCE = 1e-4
 
 # name -> flags that flip one of nca_lab's speed features relative to the base configuration (compile: on).
-# "packing" flips the base's layout: packed <-> padded (see base_flags).
+# "packing flipped" turns the base's layout packed <-> padded (see base_flags); "precision flipped" turns bf16 mixed
+# precision off on a GPU (fp32) and on on a CPU (where the base is fp32).
 OURS_ABLATIONS: dict[str, tuple[str, ...]] = {
     "packing flipped": (),
     "full logits (chunked head off)": ("--full-logits",),
     "online reference (precompute off)": ("--ref-mode", "online"),
-    "fp32 (bf16 off)": ("--no-bf16",),
+    "precision flipped": (),
     "sync checks in the step (sync-free off)": ("--sync-checks",),
     "torch.compile on": ("--torch-compile",),
 }
@@ -392,12 +393,15 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
         jobs.append((f"nca_lab {loss}", lambda loss=loss: run_ours(str(model_dir), data2, out / "runs" / "ours",
                                                                     loss=loss, bf16=bf16, flags=base, **common)))
     for name in cfg.ablations:
-        flags = base_flags(not packed, gpu) if name == "packing flipped" else base + OURS_ABLATIONS[name]
-        label = ("padded (packing off)" if packed else "packed (packing on)") \
-            if name == "packing flipped" else name
-        jobs.append((f"nca_lab dpo, {label}", lambda flags=flags: run_ours(
-            str(model_dir), data2, out / "runs" / "ours", loss="dpo", bf16=bf16 and "--no-bf16" not in flags,
-            flags=flags, **common)))
+        flags, precision, label = base + OURS_ABLATIONS[name], bf16, name
+        if name == "packing flipped":
+            flags = base_flags(not packed, gpu)
+            label = "padded (packing off)" if packed else "packed (packing on)"
+        elif name == "precision flipped":
+            precision = not bf16
+            label = "bf16 mixed precision on" if precision else "fp32 (bf16 off)"
+        jobs.append((f"nca_lab dpo, {label}", lambda flags=flags, precision=precision: run_ours(
+            str(model_dir), data2, out / "runs" / "ours", loss="dpo", bf16=precision, flags=flags, **common)))
     if cfg.trl:
         for loss_type in ("sigmoid", "nca_pair"):
             for precompute in (False, True):
