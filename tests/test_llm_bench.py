@@ -21,7 +21,8 @@ def tiny_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     cfg = bench.BenchConfig(size="tiny", steps=3, batch_size=2, seq_len=64, ablations=(
         "packing flipped", "online reference (precompute off)", "full logits (chunked head off)",
-        "sync checks in the step (sync-free off)", "precision flipped"))
+        "sync checks in the step (sync-free off)", "precision flipped",
+        "shared prompt (prompt once per K responses)"))
     rec = bench.run_bench(cfg, out, command="pytest", progress=False)
     return out, rec
 
@@ -38,9 +39,9 @@ def test_record_has_every_configuration_and_the_quoted_keys(tiny_bench):
     names = set(rec["k2"])
     assert {"nca_lab dpo", "nca_lab nca_pair"} <= names
     assert sum(n.startswith("TRL ") for n in names) == 4  # sigmoid/nca_pair x precompute off/on
-    assert sum(n.startswith("nca_lab dpo, ") for n in names) == 5  # the five ablations asked for
+    assert sum(n.startswith("nca_lab dpo, ") for n in names) == 6  # the six ablations asked for
     assert "nca_lab dpo, bf16 mixed precision on" in names  # CPU base is fp32: the flip turns bf16 on
-    assert len(rec["k4"]) == 3
+    assert len(rec["k4"]) == 4
     md = (out / "bench.md").read_text()
     for name in names:
         assert name in md

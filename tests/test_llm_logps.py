@@ -19,6 +19,7 @@ from nca_lab.llm.collate import ResponseCollator, collate_responses
 from nca_lab.llm.logps import (
     batch_logps,
     check_packing_isolates_sequences,
+    check_shared_prompt_layout,
     naive_sequence_logps,
     reshape_to_bk,
     sequence_logps,
@@ -230,6 +231,64 @@ def test_packed_equals_padded(attn):
     torch.testing.assert_close(lp_packed, lp_padded, atol=ATOL_F32, rtol=0)
     torch.testing.assert_close(lp_packed.reshape(-1), naive_packed, atol=ATOL_F32, rtol=0)
     assert torch.equal(n_packed, n_padded)
+
+
+def test_shared_prompt_layout_exact():
+    """Two prompts, K = 2 and 1 (k_max 2): positions continue from the prompt in every response, a response
+    token sees the prompt and its own earlier tokens only, padding sees itself, and the first token of each
+    response is predicted from the prompt's last column."""
+    feats = [{"prompt_ids": [5, 6], "response_ids": [[7, 2], [8, 9, 2]], "rewards": [1.0, 0.0]},
+             {"prompt_ids": [10], "response_ids": [[11, 2]], "rewards": [0.5]}]
+    b = collate_responses(feats, pad_token_id=PAD, shared_prompt=True)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 2, 8, 9, 2], [10, 11, 2, 0, 0, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 2, 3, 4], [0, 1, 2, 0, 0, 0, 0]]
+    assert b["sequence_ids"].tolist() == [[-1, -1, 0, 0, 1, 1, 1], [-1, 2, 2, -1, -1, -1, -1]]
+    assert b["response_positions"].tolist() == [[0, 0, 0, 0, 0, 1, 1], [2, 3, 4, 5, 6, 1, 2]]
+    assert b["response_sequence"].tolist() == [0, 0, 1, 1, 1, 2, 2]
+    assert b["response_predictors"].tolist() == [1, 2, 1, 4, 5, 0, 1]
+    m = b["attention_mask"][0, 0].int().tolist()
+    assert m[4] == [1, 1, 0, 0, 1, 0, 0]  # response 1's first token: the prompt and itself, not response 0
+    assert m[6] == [1, 1, 0, 0, 1, 1, 1]
+    assert m[3] == [1, 1, 1, 1, 0, 0, 0]
+    pad = b["attention_mask"][1, 0].int().tolist()
+    assert pad[2] == [1, 1, 1, 0, 0, 0, 0] and pad[5] == [0, 0, 0, 0, 0, 1, 0]
+    assert b["num_tokens"] == (2 + 2) + (2 + 3) + (1 + 2)  # dataset tokens: the prompt once per response
+    assert b["mask"].tolist() == [[True, True], [True, False]] and b["lengths"].tolist() == [[2, 3], [2, 0]]
+    with pytest.raises(ValueError, match="choose one layout"):
+        collate_responses(feats, pad_token_id=PAD, shared_prompt=True, packed=True)
+
+
+def test_shared_prompt_equals_padded_values_and_gradients():
+    """The shared-prompt layout (prompt once, 4D mask) gives the padded layout's log-probs and gradients; the
+    naive full-logits path reads each response token at its predicting column too."""
+    m = tiny_llama(seed=4)
+    assert check_shared_prompt_layout(m) <= 1e-4
+    feats = random_features(13, 4, 4)
+    padded = collate_responses(feats, pad_token_id=PAD)
+    shared = collate_responses(feats, pad_token_id=PAD, shared_prompt=True, pad_to_multiple_of=8)
+    weights = torch.randn(padded["mask"].shape, generator=torch.Generator().manual_seed(1))
+
+    def values_and_grads(batch, **kw):
+        m.zero_grad()
+        lp, n = batch_logps(m, batch, chunk_size=5, **kw)
+        (lp * weights).sum().backward()
+        return lp.detach(), n, {k: p.grad.clone() for k, p in m.named_parameters()}
+
+    lp_p, n_p, g_p = values_and_grads(padded)
+    for kw in ({}, {"full_logits": True}, {"validate": False}):
+        lp_s, n_s, g_s = values_and_grads(shared, **kw)
+        # masked attention over different row layouts: float32 rounding only (see ATOL_F32)
+        torch.testing.assert_close(lp_s, lp_p, atol=ATOL_F32, rtol=0)
+        assert torch.equal(n_s, n_p)
+        for name in g_p:
+            torch.testing.assert_close(g_s[name], g_p[name], atol=1e-4, rtol=1e-4, msg=name)
+    m.zero_grad()
+
+
+def test_shared_prompt_check_detects_an_ignored_mask():
+    # eager attention adds the boolean 4D mask as numbers (0/1) instead of masking: the check must refuse it
+    with pytest.raises(ValueError, match="4D mask"):
+        check_shared_prompt_layout(tiny_llama(seed=5, attn="eager"))
 
 
 def test_packing_check_detects_leaks(monkeypatch):

@@ -228,14 +228,15 @@ def test_lora_reference_is_base_model_and_adapters_train(tmp_path, model_dir):
 
 
 def test_speed_switches_do_not_change_the_numbers(tmp_path, model_dir):
-    """Padding-free packing, the online reference (frozen copy, TRL's default), full-vocabulary logits and the
-    in-step sync checks are speed/memory switches only: the loss trajectory of a 4-step run is the default's.
+    """Padding-free packing, the shared-prompt layout, the online reference (frozen copy, TRL's default),
+    full-vocabulary logits and the in-step sync checks are speed/memory switches only: the loss trajectory of a 4-step run is the default's.
     Ragged K (2, 3, 4) and responses of different lengths, so padding and missing slots both occur."""
     data = write_jsonl(tmp_path / "d.jsonl", scored_rows(12, ks=(2, 3, 4)))
     common = ("--loss", "nca", "--batch-size", "3", "--max-steps", "4", "--beta", "0.5", "--lr", "1e-3",
               "--save-strategy", "no")
     runs = {}
-    for name, flags in {"default": (), "packed": ("--packed",), "online": ("--ref-mode", "online"),
+    for name, flags in {"default": (), "packed": ("--packed",), "shared_prompt": ("--shared-prompt",),
+                        "online": ("--ref-mode", "online"),
                         "full_logits": ("--full-logits",), "sync_checks": ("--sync-checks",)}.items():
         sub = tmp_path / name
         sub.mkdir()
@@ -261,8 +262,11 @@ def test_speed_switches_do_not_change_the_numbers(tmp_path, model_dir):
     assert tokens == sum(len(r["prompt_ids"]) * len(r["response_ids"]) + sum(map(len, r["response_ids"])) for r in ds)
 
 
-def test_online_reference_with_lora_and_resume_without_checkpoints_are_refused(tmp_path, model_dir):
+def test_refused_combinations(tmp_path, model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4))
     base = ["--model", model_dir, "--data", data, "--output-dir", str(tmp_path / "o")]
     assert main(base + ["--ref-mode", "online", "--lora"]) == 2
     assert main(base + ["--resume", "--save-strategy", "no"]) == 2
+    assert main(base + ["--packed", "--shared-prompt"]) == 2
+    # eager attention adds a boolean 4D mask as numbers: the start-up check refuses the shared-prompt layout
+    assert main(base + ["--shared-prompt", "--attn-implementation", "eager"]) == 2

@@ -6,12 +6,14 @@ scored data with varied lengths (:func:`nca_lab.llm.scale_run.generate_rows`) an
 model on the *same* data, batch and sequence lengths for a fixed number of steps with:
 
 * nca_lab (``python -m nca_lab.llm.train``'s in-process entry point ``config_from_args`` + ``run``), losses
-  ``dpo`` and ``nca_pair``, in its fast configuration — padding-free packing, response-only chunked
-  log-softmax, precomputed reference, bf16 on a GPU, no host-device synchronisation inside the step — and
-  with each of these switched off in turn (and ``torch.compile`` switched on);
+  ``dpo`` and ``nca_pair``, in its base configuration — response-only chunked log-softmax, precomputed
+  reference, no host-device synchronisation inside the step; on a GPU also padding-free packing
+  (``flex_attention``) and bf16 mixed precision — and with each of these flipped in turn, plus the
+  shared-prompt layout and ``torch.compile`` switched on;
 * TRL ``DPOTrainer`` with ``loss_type="sigmoid"`` and ``"nca_pair"``, ``precompute_ref_log_probs`` off and on;
-* the K = 4 dataset: nca_lab's ``nca`` and ``infonca`` over the K = 4 rows against TRL (its fastest K = 2
-  configuration) over the same rows expanded to best-vs-rest pairs, one pass each.
+* the K = 4 dataset: nca_lab's ``nca`` and ``infonca`` over the K = 4 rows (``nca`` also with the shared
+  prompt) against TRL (its fastest K = 2 configuration) over the same rows expanded to best-vs-rest pairs,
+  one pass each.
 
 Definitions (also written into the JSON):
 
@@ -67,6 +69,7 @@ OURS_ABLATIONS: dict[str, tuple[str, ...]] = {
     "full logits (chunked head off)": ("--full-logits",),
     "online reference (precompute off)": ("--ref-mode", "online"),
     "precision flipped": (),
+    "shared prompt (prompt once per K responses)": ("--no-packed", "--shared-prompt"),
     "sync checks in the step (sync-free off)": ("--sync-checks",),
     "torch.compile on": ("--torch-compile",),
 }
@@ -419,10 +422,11 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
     # i.e. the same 4B sequences per step, and 1.5x the steps (3 pairs per prompt).
     k4: dict[str, dict] = {}
     k4_steps_ours = math.ceil(n4 / cfg.batch_size)
-    for loss in ("nca", "infonca"):
-        run = run_ours(str(model_dir), data4, out / "runs" / "ours", loss=loss, bf16=bf16, flags=base,
+    for label, loss, flags in (("nca", "nca", base), ("infonca", "infonca", base),
+                               ("nca, shared prompt", "nca", ("--no-packed", "--shared-prompt"))):
+        run = run_ours(str(model_dir), data4, out / "runs" / "ours", loss=loss, bf16=bf16, flags=flags,
                        **{**common, "steps": k4_steps_ours})
-        k4[f"nca_lab {loss} (K = 4)"] = _rates(run, tokens4_ours, 3 * n4, policy_ref, peak)
+        k4[f"nca_lab {label} (K = 4)"] = _rates(run, tokens4_ours, 3 * n4, policy_ref, peak)
     trl_best = None
     if cfg.trl:
         trl_k2 = {k: v for k, v in results.items() if k.startswith("TRL ")}

@@ -23,6 +23,14 @@ Two layouts, both consumed by :func:`nca_lab.llm.logps.batch_logps`:
   (-1 on tail padding); missing responses simply have no tokens. Only use it with a model whose
   attention honours packed ``position_ids``: :func:`nca_lab.llm.logps.check_packing_isolates_sequences`
   checks that once.
+* shared prompt (``shared_prompt=True``): one row per prompt, ``prompt + response_1 + ... + response_K``, so
+  the prompt's tokens go through the model once instead of K times. ``position_ids`` continue from the prompt
+  in every response (response k's tokens sit at positions P, P+1, ... as in its own sequence), and a 4D
+  boolean ``attention_mask [B, 1, T, T]`` lets a response token see the prompt and the earlier tokens of its
+  own response only (a padding token sees itself). transformers passes a 4D mask to the attention as it is:
+  sdpa honours a boolean one; :func:`nca_lab.llm.logps.check_shared_prompt_layout` checks a model once. The
+  first token of response k is predicted from the prompt's last position, not from the token before it in
+  the row: ``response_predictors`` says which column predicts each response token.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ def collate_responses(
     k_max: int | None = None,
     pad_to_multiple_of: int | None = None,
     packed: bool = False,
+    shared_prompt: bool = False,
 ) -> dict[str, Tensor]:
     """Collate B tokenised rows into one batch of B*Kmax sequences.
 
@@ -84,12 +93,16 @@ def collate_responses(
             than ``k_max`` responses is a ValueError (never silently truncated).
         pad_to_multiple_of: round the padded length T (packed: L) up to a multiple of this.
         packed: padding-free layout (see module docstring).
+        shared_prompt: one row per prompt with the prompt once (see module docstring).
 
     Returns (N = B*Kmax, sequence ``n = b*Kmax + k``):
         padded: ``input_ids [N, T]`` int64, ``attention_mask [N, T]`` int64,
         ``response_mask [N, T]`` bool (True where the *token* is a response token, EOS included);
         packed: ``input_ids [1, L]``, ``position_ids [1, L]``, ``response_mask [1, L]``,
         ``sequence_ids [1, L]`` (sequence index n, -1 on tail padding), no attention_mask;
+        shared prompt: ``input_ids [B, T]``, ``position_ids [B, T]``, ``attention_mask [B, 1, T, T]`` bool,
+        ``response_mask [B, T]``, ``sequence_ids [B, T]`` (n on response tokens, -1 elsewhere),
+        ``response_predictors [P]`` (the column that predicts each response token);
         both: ``response_positions [2, P]`` int64 (row, column) of the P response tokens and
         ``response_sequence [P]`` int64 (their sequence index n), computed here on the host so that the
         training step needs no ``nonzero`` (a host-device synchronisation); ``num_tokens`` (a Python int: the
@@ -100,6 +113,8 @@ def collate_responses(
     """
     if len(features) == 0:
         raise ValueError("features: empty batch")
+    if packed and shared_prompt:
+        raise ValueError("packed and shared_prompt: choose one layout")
     has_ref = "ref_logps" in features[0]
     ks = [_validate_feature(i, f, has_ref) for i, f in enumerate(features)]
     if k_max is None:
@@ -135,12 +150,15 @@ def collate_responses(
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards: non-finite value in the batch")
 
-    batch = _pack(sequences, pad_token_id, pad_to_multiple_of) if packed else _pad(
-        sequences, pad_token_id, pad_to_multiple_of
-    )
+    if shared_prompt:
+        batch = _share_prompts(features, ks, k_max, pad_token_id, pad_to_multiple_of)
+    elif packed:
+        batch = _pack(sequences, pad_token_id, pad_to_multiple_of)
+    else:
+        batch = _pad(sequences, pad_token_id, pad_to_multiple_of)
     rows, cols = batch["response_mask"].nonzero(as_tuple=True)
     batch["response_positions"] = torch.stack([rows, cols])
-    batch["response_sequence"] = rows.clone() if not packed else batch["sequence_ids"][rows, cols]
+    batch["response_sequence"] = batch["sequence_ids"][rows, cols] if (packed or shared_prompt) else rows.clone()
     batch["num_tokens"] = sum(len(s[0]) for s in sequences if s is not None)
     batch.update(rewards=rewards, mask=mask, lengths=lengths)
     if ref_logps is not None:
@@ -198,6 +216,44 @@ def _pack(sequences: list[tuple[list[int], int] | None], pad_token_id: int, mult
     }
 
 
+def _share_prompts(features, ks: list[int], k_max: int, pad_token_id: int, multiple: int | None) -> dict[str, Tensor]:
+    lengths = [len(f["prompt_ids"]) + sum(len(r) for r in f["response_ids"]) for f in features]
+    b, t = len(features), _round_up(max(lengths), multiple)
+    input_ids = torch.full((b, t), pad_token_id, dtype=torch.int64)
+    position_ids = torch.zeros(b, t, dtype=torch.int64)
+    response_mask = torch.zeros(b, t, dtype=torch.bool)
+    sequence_ids = torch.full((b, t), -1, dtype=torch.int64)
+    predictors = torch.zeros(b, t, dtype=torch.int64)  # column predicting the token at (row, column)
+    segment = torch.full((b, t), -2, dtype=torch.int64)  # -1 prompt, k response k, -2 padding
+    for i, (feature, k) in enumerate(zip(features, ks)):
+        prompt = list(feature["prompt_ids"])
+        n_prompt = len(prompt)
+        input_ids[i, :n_prompt] = torch.tensor(prompt, dtype=torch.int64)
+        position_ids[i, :n_prompt] = torch.arange(n_prompt)
+        segment[i, :n_prompt] = -1
+        start = n_prompt
+        for j, response in enumerate(feature["response_ids"][:k]):
+            end = start + len(response)
+            input_ids[i, start:end] = torch.tensor(list(response), dtype=torch.int64)
+            position_ids[i, start:end] = torch.arange(n_prompt, n_prompt + len(response))
+            response_mask[i, start:end] = True
+            sequence_ids[i, start:end] = i * k_max + j
+            segment[i, start:end] = j
+            predictors[i, start] = n_prompt - 1  # the first response token is predicted from the prompt's end
+            predictors[i, start + 1:end] = torch.arange(start, end - 1)
+            start = end
+    # query q sees key c iff c <= q and (c is a prompt token, or c is in q's own segment); padding sees itself
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    same = segment[:, :, None] == segment[:, None, :]
+    to_prompt = (segment[:, None, :] == -1) & (segment[:, :, None] != -2)
+    attention = causal[None] & (same | to_prompt)
+    pad = segment == -2
+    attention &= ~(pad[:, :, None] & ~torch.eye(t, dtype=torch.bool)[None])
+    rows, cols = response_mask.nonzero(as_tuple=True)
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention[:, None],
+            "response_mask": response_mask, "sequence_ids": sequence_ids, "response_predictors": predictors[rows, cols]}
+
+
 class ResponseCollator:
     """Picklable ``data_collator`` for ``transformers.Trainer``: ``collate_responses`` with fixed options.
 
@@ -206,12 +262,14 @@ class ResponseCollator:
     """
 
     def __init__(self, pad_token_id: int, *, k_max: int | None = None, pad_to_multiple_of: int | None = None,
-                 packed: bool = False):
+                 packed: bool = False, shared_prompt: bool = False):
         self.pad_token_id = pad_token_id
         self.k_max = k_max
         self.pad_to_multiple_of = pad_to_multiple_of
         self.packed = packed
+        self.shared_prompt = shared_prompt
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         return collate_responses(features, pad_token_id=self.pad_token_id, k_max=self.k_max,
-                                 pad_to_multiple_of=self.pad_to_multiple_of, packed=self.packed)
+                                 pad_to_multiple_of=self.pad_to_multiple_of, packed=self.packed,
+                                 shared_prompt=self.shared_prompt)

@@ -72,6 +72,7 @@ class TrainConfig:
     dropout: bool = False  # keep the model's dropout (off by default: policy = reference at step 0)
     chunk_size: int = 1024  # response positions per chunk of fp32 logits in the log-prob computation
     packed: bool = False  # padding-free: a batch's sequences concatenated into one row
+    shared_prompt: bool = False  # one row per prompt: prompt once, then its K responses (4D attention mask)
     attn_implementation: str | None = None  # transformers' attn_implementation (None: the model's default)
     ref_mode: str = "precompute"  # precompute (cached, before training) | online (frozen copy, in the step)
     torch_compile: bool = False
@@ -223,6 +224,9 @@ _HELP = {
     "chunk_size": "response positions per chunk of fp32 logits",
     "packed": "padding-free batches: all sequences of a batch in one row, attention kept apart by position_ids "
               "(checked on the model at start)",
+    "shared_prompt": "one row per prompt, the prompt once and its K responses after it, kept apart by a 4D "
+                     "attention mask (the prompt's tokens are computed once instead of K times; needs an attention "
+                     "that honours a boolean 4D mask, such as sdpa: checked on the model at start)",
     "attn_implementation": "transformers attention kernel (sdpa, eager, flex_attention, flash_attention_2, ...); "
                            "with --packed, one that skips the masked blocks (flex_attention, flash_attention_2) "
                            "makes padding-free batches pay",
@@ -327,6 +331,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--epochs must be > 0 when --max-steps is not given, got {cfg.epochs}")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ValueError(f"--warmup-ratio must lie in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.packed and cfg.shared_prompt:
+        raise ValueError("--packed and --shared-prompt are two layouts: choose one")
     if cfg.ref_mode == "online" and cfg.lora:
         raise ValueError("--ref-mode online cannot be combined with --lora: with LoRA the reference is the base "
                          "model with the adapters disabled; use --ref-mode precompute")

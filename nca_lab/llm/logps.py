@@ -44,6 +44,7 @@ __all__ = [
     "reshape_to_bk",
     "unwrap_causal_lm",
     "check_packing_isolates_sequences",
+    "check_shared_prompt_layout",
 ]
 
 # Models whose head we have already compared against the model's own logits (see module docstring).
@@ -224,13 +225,17 @@ def _check_masks(input_ids: Tensor, attention_mask: Tensor | None, response_mask
         raise ValueError(f"input_ids: expected [N, T], got {list(input_ids.shape)}")
     if response_mask.shape != input_ids.shape:
         raise ValueError(f"response_mask: shape {list(response_mask.shape)} != input_ids {list(input_ids.shape)}")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+    four_d = attention_mask is not None and attention_mask.dim() == 4
+    if four_d and tuple(attention_mask.shape) != (input_ids.shape[0], 1, input_ids.shape[1], input_ids.shape[1]):
+        raise ValueError(f"attention_mask: 4D shape {list(attention_mask.shape)} is not [N, 1, T, T] for input_ids "
+                         f"{list(input_ids.shape)}")
+    if attention_mask is not None and not four_d and attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask: shape {list(attention_mask.shape)} != input_ids {list(input_ids.shape)}")
     if response_mask.dtype != torch.bool:
         raise ValueError(f"response_mask: expected a bool tensor, got {response_mask.dtype}")
     if response_mask[:, 0].any():
         raise ValueError("response_mask: a response token at position 0 has no predicting position")
-    if attention_mask is not None and (response_mask & (attention_mask == 0)).any():
+    if attention_mask is not None and not four_d and (response_mask & (attention_mask == 0)).any():
         raise ValueError("response_mask: marks a position whose attention_mask is 0 (padding)")
 
 
@@ -275,6 +280,7 @@ def sequence_logps(
     normalize: bool = False,
     response_positions: Tensor | None = None,
     response_sequence: Tensor | None = None,
+    response_predictors: Tensor | None = None,
     validate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Summed response log-probs and response token counts per sequence, chunked over the vocabulary head.
@@ -292,6 +298,8 @@ def sequence_logps(
         response_positions, response_sequence: ``[2, P]`` (row, column) of the response tokens and ``[P]``
             their sequence index, as :func:`nca_lab.llm.collate.collate_responses` computes them on the host
             (``num_sequences`` required). Given, the step needs no ``nonzero`` on the device.
+        response_predictors: ``[P]`` the column whose hidden state predicts each response token (shared-prompt
+            layout: the prompt's last column for a response's first token); default: the column before it.
         validate: check the masks (and the given positions against ``response_mask``). Each check reads a
             device value on the host, i.e. synchronises; the trainer turns them off (its collator builds
             the batch from checked data).
@@ -312,17 +320,22 @@ def sequence_logps(
     _verify_head(causal_lm, head, post, hidden[:, -1, :], model_last_logits, autocast_state)
 
     if response_positions is None:
+        if response_predictors is not None:
+            raise ValueError("response_predictors: needs response_positions and response_sequence")
         rows, pred_cols, target_cols, seq, n = _response_positions(response_mask, sequence_ids, num_sequences)
     else:
         if num_sequences is None or response_sequence is None:
             raise ValueError("response_positions: needs response_sequence and num_sequences")
         rows, target_cols = response_positions[0], response_positions[1]
-        pred_cols, seq, n = target_cols - 1, response_sequence, num_sequences
+        pred_cols = target_cols - 1 if response_predictors is None else response_predictors
+        seq, n = response_sequence, num_sequences
         if validate:
-            expected = _response_positions(response_mask, sequence_ids, num_sequences)
-            if not (torch.equal(rows, expected[0]) and torch.equal(target_cols, expected[2])
-                    and torch.equal(seq, expected[3])):
+            r, c = response_mask.nonzero(as_tuple=True)
+            expected_seq = r if sequence_ids is None else sequence_ids[r, c]
+            if not (torch.equal(rows, r) and torch.equal(target_cols, c) and torch.equal(seq, expected_seq)):
                 raise ValueError("response_positions/response_sequence: disagree with response_mask/sequence_ids")
+            if (pred_cols >= target_cols).any() or (pred_cols < 0).any():
+                raise ValueError("response_predictors: every predicting column must precede its target")
     with _autocast_like(autocast_state):
         token_logps = _chunked_token_logps(head, post, hidden[rows, pred_cols], input_ids[rows, target_cols],
                                            chunk_size)
@@ -339,10 +352,12 @@ def naive_sequence_logps(
     sequence_ids: Tensor | None = None,
     num_sequences: int | None = None,
     normalize: bool = False,
+    response_predictors: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Reference implementation: ``model(...).logits.float().log_softmax(-1)`` over all positions, gathered.
 
-    Same arguments and returns as :func:`sequence_logps`; materialises ``[R, L, V]`` float32 logits.
+    Same arguments and returns as :func:`sequence_logps`; materialises ``[R, L, V]`` float32 logits. With
+    ``response_predictors`` (shared-prompt layout) each response token is read at its predicting column.
     """
     _check_masks(input_ids, attention_mask, response_mask)
     kwargs = {"input_ids": input_ids, "use_cache": False}
@@ -351,6 +366,17 @@ def naive_sequence_logps(
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
     logprobs = model(**kwargs).logits.float().log_softmax(-1)  # [R, L, V]
+    if response_predictors is not None:
+        if sequence_ids is None or num_sequences is None:
+            raise ValueError("response_predictors: needs sequence_ids and num_sequences")
+        rows, cols = response_mask.nonzero(as_tuple=True)
+        token_logps = logprobs[rows, response_predictors].gather(-1, input_ids[rows, cols][:, None]).squeeze(-1)
+        seq = sequence_ids[rows, cols]
+        sums = torch.zeros(num_sequences, dtype=torch.float32, device=seq.device).index_add(0, seq, token_logps)
+        counts = torch.zeros(num_sequences, dtype=torch.int64, device=seq.device).index_add(0, seq, torch.ones_like(seq))
+        if normalize:
+            sums = sums / counts.clamp(min=1).to(sums.dtype)
+        return sums, counts
     # Written independently of the chunked path's indexing: shift by one, gather every token, mask.
     token_logps = logprobs[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [R, L-1]
     is_response = response_mask[:, 1:]
@@ -388,14 +414,14 @@ def batch_logps(model: nn.Module, batch: dict[str, Tensor], *, chunk_size: int =
                   num_sequences=b * k if "sequence_ids" in batch else None, normalize=normalize)
     if full_logits:
         logps, counts = naive_sequence_logps(model, to("input_ids"), to("attention_mask"), to("response_mask"),
-                                             **common)
+                                             response_predictors=to("response_predictors"), **common)
     else:
         if batch.get("response_positions") is not None:
             common["num_sequences"] = b * k
         logps, counts = sequence_logps(
             model, to("input_ids"), to("attention_mask"), to("response_mask"), chunk_size=chunk_size,
             response_positions=to("response_positions"), response_sequence=to("response_sequence"),
-            validate=validate, **common)
+            response_predictors=to("response_predictors"), validate=validate, **common)
     logps, counts = reshape_to_bk(logps, b, k), reshape_to_bk(counts, b, k)
     if validate and not torch.equal(counts.cpu(), batch["lengths"].cpu()):
         raise ValueError("batch: response token counts from response_mask disagree with batch['lengths']")
@@ -432,4 +458,39 @@ def check_packing_isolates_sequences(model: nn.Module, *, atol: float | None = N
     if not err <= atol:
         raise ValueError(f"model: packed sequences are not isolated (max logit difference {err:.3g} > {atol:.3g}); "
                          "use the padded layout (packed=False)")
+    return err
+
+
+@torch.no_grad()
+def check_shared_prompt_layout(model: nn.Module, *, atol: float | None = None) -> float:
+    """Check that ``model`` honours the shared-prompt layout's 4D attention mask and continued positions.
+
+    Scores two responses to one prompt in the shared-prompt layout and in the padded layout (model temporarily
+    in eval mode) and compares the summed log-probs. Returns the max abs difference; raises ValueError beyond
+    ``atol`` (default 1e-3 for float32 models, 0.5 for 16-bit ones: sums over 6 tokens in different layouts).
+    An attention that ignores a boolean 4D mask (eager adds it as a number) differs by O(1) or more.
+    """
+    from nca_lab.llm.collate import collate_responses
+
+    causal_lm = unwrap_causal_lm(model)
+    param = next(causal_lm.parameters())
+    if atol is None:
+        atol = 1e-3 if param.dtype == torch.float32 else 0.5
+    vocab = causal_lm.get_output_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    feature = {"prompt_ids": torch.randint(0, vocab, (5,), generator=gen).tolist(),
+               "response_ids": [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in (4, 6)],
+               "rewards": [1.0, 0.0]}
+    was_training = model.training
+    model.eval()
+    try:
+        shared, _ = batch_logps(model, collate_responses([feature], pad_token_id=0, shared_prompt=True))
+        padded, _ = batch_logps(model, collate_responses([feature], pad_token_id=0))
+    finally:
+        model.train(was_training)
+    err = (shared - padded).abs().max().item()
+    if not err <= atol:
+        raise ValueError(f"model: the shared-prompt layout changes the log-probs by {err:.3g} (> {atol:.3g}): its "
+                         "attention does not honour a boolean 4D mask (use --attn-implementation sdpa, or no "
+                         "--shared-prompt)")
     return err

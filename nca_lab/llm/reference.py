@@ -236,6 +236,7 @@ def compute_reference_logps(
     chunk_size: int = 1024,
     pad_to_multiple_of: int | None = None,
     packed: bool = False,
+    shared_prompt: bool = False,
 ) -> list[list[float]]:
     """Summed reference log-probs of every response: ``out[i][k] = log μ(y_{i,k} | x_i)`` (float32 values).
 
@@ -243,7 +244,7 @@ def compute_reference_logps(
         model: the reference model (or the policy before training; see also
             :func:`reference_logps_with_adapters_disabled`). Put in eval mode for the pass, then restored.
         tokenized_dataset: list of tokenised rows or a ``datasets.Dataset`` (see :mod:`nca_lab.llm.collate`).
-        batch_size, pad_token_id, chunk_size, pad_to_multiple_of, packed: batching of the pass (consecutive
+        batch_size, pad_token_id, chunk_size, pad_to_multiple_of, packed, shared_prompt: batching of the pass (consecutive
             rows in dataset order). With the policy's settings *and* its batches the step-0 agreement is exact;
             other batch compositions change the float32 sums only by rounding (measured on CPU with a tiny
             Llama: <= 2e-6 on sums of magnitude <= 40 for batch sizes 1, 3, 5, 24 and reversed order), so
@@ -297,7 +298,8 @@ def compute_reference_logps(
                 rows = _rows(tokenized_dataset, start, min(start + batch_size, n_rows))
                 features = [{k: r[k] for k in ("prompt_ids", "response_ids", "rewards")} for r in rows]
                 batch = collate_responses(features, pad_token_id=pad_token_id,
-                                          pad_to_multiple_of=pad_to_multiple_of, packed=packed)
+                                          pad_to_multiple_of=pad_to_multiple_of, packed=packed,
+                                          shared_prompt=shared_prompt)
                 logps, _ = batch_logps(model, batch, chunk_size=chunk_size)
                 values = logps.float().cpu().tolist()
                 for i, r in enumerate(rows):

@@ -319,6 +319,11 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
 
         model.to(args.device)
         check_packing_isolates_sequences(model)  # ValueError naming --packed's requirement if not
+    if cfg.shared_prompt:
+        from nca_lab.llm.logps import check_shared_prompt_layout
+
+        model.to(args.device)
+        check_shared_prompt_layout(model)  # ValueError naming the attention's requirement if not
     ref_model = None
     if loss.needs_ref and cfg.ref_mode == "online":
         import copy
@@ -334,10 +339,12 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         with args.main_process_first(local=False, desc="reference log-probs"), autocast:
             ref = compute_reference_logps(model, train_ds, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
                                           cache_dir=cache_dir, chunk_size=cfg.chunk_size, packed=cfg.packed,
+                                          shared_prompt=cfg.shared_prompt,
                                           show_progress=args.process_index == 0 and not args.disable_tqdm)
             eval_ref = None if eval_ds is None else compute_reference_logps(
                 model, eval_ds, batch_size=cfg.batch_size, pad_token_id=pad_token_id, cache_dir=cache_dir,
-                chunk_size=cfg.chunk_size, packed=cfg.packed, show_progress=False)
+                chunk_size=cfg.chunk_size, packed=cfg.packed, shared_prompt=cfg.shared_prompt,
+                show_progress=False)
         ref_seconds = time.perf_counter() - t0
         train_ds = attach_ref_logps(train_ds, ref)
         if eval_ds is not None:
@@ -348,7 +355,8 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
 
     trainer = ContrastiveTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=ResponseCollator(pad_token_id, packed=cfg.packed), processing_class=tokenizer,
+        data_collator=ResponseCollator(pad_token_id, packed=cfg.packed, shared_prompt=cfg.shared_prompt),
+        processing_class=tokenizer,
         callbacks=[StopAfterStepsCallback(cfg.stop_after_steps)] if cfg.stop_after_steps else None,
         loss=loss, loss_hparams=hparams, metric_beta=_metric_beta(loss, hparams), chunk_size=cfg.chunk_size,
         ref_model=ref_model, full_logits=cfg.full_logits, sync_checks=cfg.sync_checks,
