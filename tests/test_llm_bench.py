@@ -42,6 +42,13 @@ def test_record_has_every_configuration_and_the_quoted_keys(tiny_bench):
     assert sum(n.startswith("nca_lab dpo, ") for n in names) == 6  # the six ablations asked for
     assert "nca_lab dpo, bf16 mixed precision on" in names  # CPU base is fp32: the flip turns bf16 on
     assert len(rec["k4"]) == 4
+    # the headline ratio: nca_lab's best dpo configuration at TRL's precision over TRL's best configuration
+    best, trl_best = rec["nca_lab_best_k2"], rec["trl_best_k2"]
+    assert best.startswith("nca_lab dpo") and "bf16" not in best and trl_best.startswith("TRL ")
+    assert rec["k2"][best]["tokens_per_s"] == max(v["tokens_per_s"] for k, v in rec["k2"].items()
+                                                  if k.startswith("nca_lab dpo") and "bf16" not in k)
+    assert rec["speedup_tokens_per_s_vs_trl"] == pytest.approx(
+        rec["k2"][best]["tokens_per_s"] / rec["k2"][trl_best]["tokens_per_s"], abs=1e-3)
     md = (out / "bench.md").read_text()
     for name in names:
         assert name in md

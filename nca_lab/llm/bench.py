@@ -444,7 +444,12 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
         agreement = check_loss_agreement(str(model_dir), data2, pairs2, out / "runs", flags=base,
                                          **{**common, "steps": cfg.agreement_steps})
 
-    ours_main = results["nca_lab dpo"]
+    # nca_lab's best `dpo` configuration at TRL's precision (every other switch leaves the numbers unchanged,
+    # tested): on a GPU, say, packed + flex_attention may or may not beat padded; the record keeps all of them.
+    same_precision = {k: v for k, v in results.items()
+                      if (k == "nca_lab dpo" or k.startswith("nca_lab dpo, ")) and "bf16" not in k}
+    ours_best = max(same_precision, key=lambda k: same_precision[k]["tokens_per_s"])
+    ours_main = results[ours_best]
     record: dict[str, Any] = {
         "device": device, "device_kind": device_kind, "command": command, "versions": _versions(),
         "config": dataclasses.asdict(cfg),
@@ -457,12 +462,15 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
             "tokens": "dataset tokens: per sequence prompt + response (BOS/EOS included, no padding), the prompt "
                       "counted once per response",
             "tokens_per_s": "tokens / (reference precompute + Trainer train_runtime)",
+            "speedup_tokens_per_s_vs_trl": "nca_lab's best dpo configuration at TRL's precision / TRL's best "
+                                           "configuration (tokens/s)",
             "pairs_per_s": "preference pairs / the same seconds (K = 4: K - 1 best-vs-rest pairs per prompt)",
             "mfu": "(6 N tokens policy + 2 N tokens reference) / seconds / peak bf16 dense FLOP/s; N = parameters "
                    "without the input embedding",
             "peak_flops": peak,
             "peak_memory": "torch.cuda.max_memory_allocated over the configuration (null on CPU)",
         },
+        "nca_lab_best_k2": ours_best,
         "k2": results, "k4": k4, "loss_agreement": agreement,
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
@@ -502,7 +510,7 @@ def markdown_report(rec: dict) -> str:
              f"Device: {rec['device']}. Versions: " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items()) + ".",
              f"Model: {rec['model']['size']}, {rec['model']['parameters']:,} parameters, {rec['model']['dtype']}.",
              f"Command: `{rec['command']}`", ""]
-    for key in ("speedup_tokens_per_s_vs_trl", "speedup_nca_pair_vs_trl_nca_pair", "speedup_k4_pass_vs_trl",
+    for key in ("nca_lab_best_k2", "trl_best_k2", "speedup_tokens_per_s_vs_trl", "speedup_nca_pair_vs_trl_nca_pair", "speedup_k4_pass_vs_trl",
                 "speedup_k4_tokens_per_s_vs_trl", "memory_ratio_vs_trl", "mfu"):
         if key in rec:
             lines.append(f"- `{key}`: {rec[key]}")
