@@ -232,3 +232,74 @@ def test_missing_optional_package_is_a_clear_error(tmp_path, capsys):
         pytest.skip("tensorboard is installed: nothing to report")
     assert main(["--report-to", "tensorboard", "--output-dir", str(tmp_path / "o")]) == 2
     assert "pip install tensorboard" in error_line(capsys)
+
+
+# ------------------------------------------------------------------------------------------- bad data, end to end
+
+
+def _generic_with(row2: dict) -> list[dict]:
+    rows = generic_rows(4)
+    rows[2] = {**rows[2], **row2}
+    return rows
+
+
+BAD_DATA = [
+    # (rows, the error line must contain these)
+    (_generic_with({"rewards": [1.0, math.nan, 0.0]}), ["row 2: rewards[1] is NaN"]),
+    (_generic_with({"rewards": [1.0, 0.0]}), ['row 2: "rewards" has 2 entries but "responses" has 3']),
+    (_generic_with({"responses": ["It is 4.", "", "No idea."]}), ["row 2: responses[1] is empty"]),
+    (_generic_with({"prompt": None}), ["row 2: prompt is missing"]),
+    ([{"instruction": f"q{i}", "completions": [{"response": "a", "overall_score": 3.0},
+                                               {"overall_score": 1.0} if i == 2 else {"response": "b", "overall_score": 1.0}]}
+      for i in range(4)], ['row 2: completions[1] has no "response"']),
+]
+
+
+@pytest.mark.parametrize("rows,expected", BAD_DATA, ids=["nan-reward", "k-mismatch", "empty-response",
+                                                         "missing-prompt", "ultrafeedback-no-response"])
+def test_bad_data_rows_name_file_row_and_field(tmp_path, capsys, model_dir, rows, expected):
+    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    assert main(["--model", model_dir, "--data", data, "--output-dir", str(tmp_path / "o")]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: {data}: ") and all(e in line for e in expected), line
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing trained or written
+
+
+def test_bad_eval_data_is_named_as_such(tmp_path, capsys, model_dir):
+    good = write_jsonl(tmp_path / "train.jsonl", generic_rows(4))
+    bad = write_jsonl(tmp_path / "eval.jsonl", _generic_with({"rewards": [1.0, math.inf, 0.0]}))
+    assert main(["--model", model_dir, "--data", good, "--eval-data", bad, "--output-dir", str(tmp_path / "o")]) == 2
+    assert error_line(capsys).startswith(f"error: {bad}: row 2: rewards[1] is inf")
+
+
+def test_malformed_jsonl_is_one_line_not_a_traceback(tmp_path, capsys, model_dir):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(generic_rows(1)[0]) + '\n{"prompt": "p", "responses": [\n')
+    assert main(["--model", model_dir, "--data", str(path), "--output-dir", str(tmp_path / "o")]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: cannot read {str(path)!r} as json") and "row 1" in line, line
+
+
+def test_skip_invalid_rows_trains_on_the_rest_and_reports_why(tmp_path, capsys, model_dir):
+    rows = generic_rows(6)
+    rows[1]["rewards"] = [1.0, math.nan, 0.0]
+    rows[4]["responses"] = ["a", " ", "b"]
+    data = write_jsonl(tmp_path / "some_bad.jsonl", rows)
+    out = tmp_path / "o"
+    assert main(["--model", model_dir, "--data", data, "--skip-invalid-rows", "--max-steps", "1",
+                 "--save-strategy", "no", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "invalid row: non-finite reward" in printed and "invalid row: empty response" in printed, printed
+    report = json.loads((out / "metrics.json").read_text())["data"]["train"]
+    assert "6 rows in, 4 rows out" in report[0], report
+    assert "  dropped rows: 1 x invalid row: empty response" in report
+    assert "  dropped rows: 1 x invalid row: non-finite reward" in report
+
+
+def test_overlong_response_names_the_flags(tmp_path, capsys, model_dir):
+    rows = generic_rows(4)
+    rows[3]["responses"][0] = "word " * 400
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    assert main(["--model", model_dir, "--data", data, "--max-length", "64", "--output-dir", str(tmp_path / "o")]) == 2
+    line = error_line(capsys)
+    assert "row 3: responses[0] is over-long" in line and "--max-length" in line and "--drop-overlong" in line, line

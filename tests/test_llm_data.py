@@ -5,6 +5,7 @@ test states the exact bad value next to the message it expects.
 """
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -298,9 +299,18 @@ def test_error_row_number_is_the_dataset_index_from_a_file(tmp_path):
     rows = [{"prompt": "p", "A0": "a", "A1": "b", "A2": "c", "A0_score": 1.0, "A1_score": 2.0, "A2_score": 3.0}
             for _ in range(5)]
     rows[3]["A2_score"] = math.nan
-    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "nca.parquet"))
-    with pytest.raises(DataError, match=r"^row 3: A2_score is NaN$"):
-        load_records(str(tmp_path / "nca.parquet"))
+    path = str(tmp_path / "nca.parquet")
+    datasets.Dataset.from_list(rows).to_parquet(path)
+    with pytest.raises(DataError, match=rf"^{re.escape(path)}: row 3: A2_score is NaN$") as info:
+        load_records(path)
+    assert (info.value.row, info.value.field) == (3, "A2_score")  # the attributes survive the source prefix
+
+
+def test_malformed_file_is_a_value_error_naming_the_file(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "p", "responses": ["a", "b"], "rewards": [1, 2]}\n{"prompt": "p", "responses": [\n')
+    with pytest.raises(ValueError, match=rf"^cannot read {re.escape(repr(str(path)))} as json: .*row 1"):
+        load_records(str(path))
 
 
 def test_skip_invalid_rows_counts_by_reason():

@@ -84,8 +84,8 @@ def test_first_loss_is_closed_form_at_policy_equal_reference(tmp_path, model_dir
 
 # ------------------------------------------------------------------------------------------- learning
 
-LOSS_FAMILIES = ["infonca", "nca", "nca_pair", "dpo", "ipo", "cpl", "simpo", "pro", "rrhf", "clha", "sft",
-                 "nca+0.1*sft"]
+LOSS_FAMILIES = ["infonca", "nca", "nca_pair", "dpo", "cdpo", "rdpo", "hinge", "ipo", "cpl", "simpo", "pro", "rrhf",
+                 "clha", "sft", "nca+0.1*sft"]
 
 
 @pytest.mark.parametrize("loss", LOSS_FAMILIES)
@@ -95,7 +95,7 @@ def test_short_run_lowers_training_loss(tmp_path, model_dir, loss):
     # reference-based losses so that 6 steps move the implicit rewards visibly (beta = 0.01 would too, by ~1e-3).
     data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4, ks=(4, 3, 4, 2), seed=1))
     flags = ["--loss", loss, "--batch-size", "4", "--max-steps", "6", "--lr", "1e-2"]
-    if loss in ("infonca", "nca", "nca_pair", "dpo", "nca+0.1*sft"):
+    if loss in ("infonca", "nca", "nca_pair", "dpo", "cdpo", "rdpo", "hinge", "nca+0.1*sft"):
         flags += ["--beta", "0.5"]
     losses = train_losses(train(tmp_path, model_dir, data, *flags))
     assert len(losses) == 6

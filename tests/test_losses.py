@@ -338,25 +338,36 @@ def test_gradients_at_reference(tup, beta, alpha):
 
 
 @settings(deadline=None, max_examples=40)
-@given(tuples(2, 5), st.sampled_from(sorted(LOSSES)), st.sampled_from([math.nan, math.inf, -math.inf, 1e30]))
-def test_masked_entries_reach_neither_loss_nor_gradient(tup, name, junk):
-    """Appending masked columns full of NaN/inf must give exactly the loss and gradient of the
-    unpadded tuple, and an exactly-zero, finite gradient on the padding."""
+@given(tuples(2, 5), st.lists(st.booleans(), min_size=7, max_size=7),
+       st.sampled_from([math.nan, math.inf, -math.inf, 1e30]))
+def test_masked_entries_reach_neither_loss_nor_gradient(tup, gaps, junk):
+    """For every registry loss: masked columns full of NaN/inf inserted anywhere in the row (at the
+    positions ``gaps`` draws, at least one) give exactly the loss and gradient of the compact tuple,
+    and an exactly-zero, finite gradient on the masked entries. Order among the valid responses is
+    kept, so ties break the same way in both."""
     lp, ref, R = tup
     K = lp.shape[1]
     ln = torch.arange(1, K + 1, dtype=torch.float64)[None]
-    pad = lambda t, v: torch.cat([t, torch.full((1, 2), v, dtype=t.dtype)], dim=1)  # noqa: E731
-    mask = torch.tensor([[True] * K + [False, False]])
-    x = pad(lp, junk).requires_grad_(True)
-    out = LOSSES[name](x, pad(ref, junk), pad(R, junk), mask=mask, lengths=pad(ln, junk))
-    (gx,) = torch.autograd.grad(out.sum(), x)
-    y = lp.clone().requires_grad_(True)
-    base = LOSSES[name](y, ref, R, lengths=ln)
-    (gy,) = torch.autograd.grad(base.sum(), y)
-    torch.testing.assert_close(out, base, rtol=0, atol=1e-12)
-    assert torch.isfinite(gx).all()
-    torch.testing.assert_close(gx[:, :K], gy, rtol=0, atol=1e-12)
-    assert torch.all(gx[:, K:] == 0)
+    # layout: for each valid response, optionally a masked column before it; always one at the end
+    cols = []
+    for k in range(K):
+        if gaps[k]:
+            cols.append(None)
+        cols.append(k)
+    cols.append(None)
+    mask = torch.tensor([[c is not None for c in cols]])
+    spread = lambda t: torch.stack([t[0, c] if c is not None else torch.tensor(junk, dtype=t.dtype) for c in cols])[None]  # noqa: E731
+    for name in sorted(LOSSES):
+        x = spread(lp).requires_grad_(True)
+        out = LOSSES[name](x, spread(ref), spread(R), mask=mask, lengths=spread(ln))
+        (gx,) = torch.autograd.grad(out.sum(), x)
+        y = lp.clone().requires_grad_(True)
+        base = LOSSES[name](y, ref, R, lengths=ln)
+        (gy,) = torch.autograd.grad(base.sum(), y)
+        torch.testing.assert_close(out, base, rtol=0, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        assert torch.isfinite(gx).all(), name
+        torch.testing.assert_close(gx[mask], gy[0], rtol=0, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        assert torch.all(gx[~mask] == 0), name
 
 
 def test_mask_middle_entries_and_mixed_rows():

@@ -1,5 +1,5 @@
 """Toy training dynamics (``nca_lab.toy.dynamics``) and the empirical studies of PROPOSITIONS 16–18
-(``nca_lab.toy.studies``): the recorded results must be reproduced exactly by a rerun at their
+(``nca_lab.toy.studies``): the recorded results must be reproduced by a rerun at their
 recorded config, and must pass sanity bounds. The rates themselves are measurements, not
 assertions: no test checks which loss "wins".
 """
@@ -15,6 +15,7 @@ import torch
 
 from nca_lab.toy import studies
 from nca_lab.toy.dynamics import Problem, make_problems, train
+from recorded import assert_reproduces
 
 STUDY_NAMES = tuple(studies.STUDIES)
 
@@ -175,23 +176,26 @@ def test_config_errors_are_named():
 
 
 @pytest.mark.parametrize("study", STUDY_NAMES)
-def test_quick_results_reproduce_exactly(study):
-    """A deterministic rerun at the recorded quick config gives the committed numbers exactly
-    (after the fixed rounding to 6 significant digits)."""
+def test_quick_results_reproduce(study):
+    """A rerun at the recorded quick config gives the committed numbers (``tests/recorded.py``:
+    identical structure, floats to rel 1e-3 across CPUs), and a second rerun on this machine gives
+    exactly the first (deterministic for a seed)."""
     config = studies.load_config(study, "quick")
     recorded = _recorded(study, "quick")
     assert recorded["config"] == config  # the file was produced by the recipe in toy/configs
-    assert studies.run_study(study, config) == recorded
+    first = studies.run_study(study, config)
+    assert_reproduces(first, recorded)
+    assert studies.run_study(study, config) == first
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("study", STUDY_NAMES)
-def test_full_results_reproduce_exactly(study):
-    """Same at the full config (the numbers quoted in toy/README.md); about a minute in all."""
+def test_full_results_reproduce(study):
+    """Same at the full config (the numbers quoted in toy/README.md); about two minutes in all."""
     config = studies.load_config(study, "full")
     recorded = _recorded(study, "full")
     assert recorded["config"] == config
-    assert studies.run_study(study, config) == recorded
+    assert_reproduces(studies.run_study(study, config), recorded)
 
 
 @pytest.mark.parametrize("which", ["full", "quick"])

@@ -583,7 +583,14 @@ def load_raw_dataset(source: str, split: str = "train"):
 
     if os.path.exists(source):
         builder, files = _local_files(source)
-        return datasets.load_dataset(builder, data_files={"train": files}, split=split)
+        try:
+            return datasets.load_dataset(builder, data_files={"train": files}, split=split)
+        except datasets.exceptions.DatasetGenerationError as e:
+            # A malformed file (broken JSON line, a column whose type changes between rows): the reader's
+            # own message (e.g. "JSON parse error: ... in row 2") sits in the cause, not in e itself.
+            cause = e.__cause__ or e
+            raise ValueError(f"cannot read {source!r} as {builder}: {str(cause).strip() or type(cause).__name__}"
+                             ) from e
     if source.startswith((".", "/", "~")) or os.path.splitext(source)[1].lower() in _LOCAL_FORMATS:
         raise FileNotFoundError(f"data file or folder {source!r} does not exist")
     return datasets.load_dataset(source, split=split)  # hub id (needs network)
@@ -602,6 +609,10 @@ def load_records(source: str, *, schema: str | None = None, reward_field: str | 
     if schema is None:
         schema = detect_schema(raw.column_names, raw[0] if len(raw) else None)
     report = DataReport(source=source, schema=schema)
-    dataset = _convert_rows(_iter_rows(raw), schema, report, reward_field=reward_field,
-                            skip_invalid_rows=skip_invalid_rows, hh_as_messages=hh_as_messages)
+    try:
+        dataset = _convert_rows(_iter_rows(raw), schema, report, reward_field=reward_field,
+                                skip_invalid_rows=skip_invalid_rows, hh_as_messages=hh_as_messages)
+    except DataError as e:
+        # name the source too: with --eval-data, "row 3" alone does not say which file it is in
+        raise DataError(f"{source}: {e}", row=e.row, field=e.field, reason=e.reason) from None
     return dataset, report

@@ -131,7 +131,8 @@ def _fit(prompt_ids: list[int], response_ids: list[list[int]], rewards: list[flo
             if on_overlong == "error":
                 raise DataError(f"{_row_name(row)}: responses[{k}] is over-long: {len(ids)} tokens (EOS included) "
                                 f"plus at least 1 prompt token exceed max_length={max_length}; responses are kept "
-                                "whole, so raise max_length or pass on_overlong='drop'",
+                                "whole, so raise max_length (--max-length) or drop such responses (--drop-overlong, "
+                                "on_overlong='drop')",
                                 row=row, field=f"responses[{k}]", reason="over-long response")
             continue
         kept.append(k)
