@@ -22,7 +22,7 @@ def tiny_bench(tmp_path_factory):
     cfg = bench.BenchConfig(size="tiny", steps=3, batch_size=2, seq_len=64, ablations=(
         "packing flipped", "online reference (precompute off)", "full logits (chunked head off)",
         "sync checks in the step (sync-free off)", "precision flipped",
-        "shared prompt (prompt once per K responses)"))
+        "shared prompt (prompt once per K responses)"), profile_steps=2)
     rec = bench.run_bench(cfg, out, command="pytest", progress=False)
     return out, rec
 
@@ -112,3 +112,31 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="ablations: unknown"):
         bench.run_bench(bench.BenchConfig(size="tiny", ablations=("warp drive",)), tmp_path)
     assert bench.main(["--out", str(tmp_path), "--size", "tiny", "--ablations", "warp drive"]) == 2
+
+
+def test_partial_record_and_profile(tiny_bench):
+    out, rec = tiny_bench
+    partial = json.loads((out / "bench_partial.json").read_text())
+    assert partial["k2"] == rec["k2"] and partial["k4"] == rec["k4"]  # the last partial write holds every run
+    prof = rec["profile"]
+    assert prof["steps"] == 2 and prof["configuration"].startswith("nca_lab dpo")
+    assert prof["time"] == "self CPU time of operators" and prof["total_ms"] > 0
+    assert sum(prof["groups"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert prof["groups"]["matmul (linear layers, LM head)"] > 0 and prof["groups"]["optimizer"] > 0
+    shares = [t["share"] for t in prof["top"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-3
+    assert "Self CPU" in (out / "profile.txt").read_text()
+    assert "## Profile: nca_lab dpo" in (out / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("name,group", [
+    ("aten::addmm", "matmul (linear layers, LM head)"), ("aten::mm", "matmul (linear layers, LM head)"),
+    ("aten::_log_softmax_backward_data", "log-softmax / gather (loss head)"),
+    ("aten::_scaled_dot_product_flash_attention", "attention"), ("aten::_softmax", "attention"),
+    ("aten::_fused_adamw_", "optimizer"), ("Optimizer.step#AdamW.step", "optimizer"),
+    ("aten::copy_", "copies, casts, views"), ("aten::as_strided", "copies, casts, views"),
+    ("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", "data loading"), ("aten::sum", "normalisation and elementwise"),
+    ("aten::mul", "normalisation and elementwise"), ("aten::embedding_dense_backward", "other"),
+])
+def test_profile_groups(name, group):
+    assert bench.profile_group(name) == group

@@ -15,7 +15,7 @@ pre-training a toy μ on an endless stream of freshly sampled demonstrations (ea
 new error patterns), with a wall-clock budget; the ``Trainer`` is reserved for the alignment trainer
 (:mod:`nca_lab.llm.train`), where its checkpointing / distributed machinery matters.
 
-Sizes (:func:`model_config`; parameter counts for the task's 84-token vocabulary, printed by ``n_params``):
+Sizes (:func:`model_config`; parameter counts for the task's 78-token vocabulary, printed by ``n_params``):
 ``tiny`` ≈ 0.09M (CPU tests), ``small`` ≈ 0.8M (CPU-scale runs), ``25m`` ≈ 25M (GPU), ``100m`` ≈ 113M (GPU).
 
 Observed on 2 shared CPU cores (``OMP_NUM_THREADS=1``; error rate 0.2, seed 0, 500 validation problems,

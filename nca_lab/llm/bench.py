@@ -32,7 +32,12 @@ Definitions (also written into the JSON):
   step 2 — after the first optimizer step — must agree within :data:`LOSS_TOLERANCE`; the token sequences each
   trainer built are compared too (``token_sequences_identical``).
 
-Results: ``OUT/bench.json`` (every number, the command, device, versions) and ``OUT/bench.md`` (tables).
+* profile (``--profile-steps N``): nca_lab's base ``dpo`` configuration run again for N steps under
+  ``torch.profiler``, outside the timed runs; operators' self time (CUDA kernels on a GPU) grouped into matmul,
+  attention, loss head, optimizer, copies, elementwise and other — what bounds the step where a target is missed.
+
+Results: ``OUT/bench.json`` (every number, the command, device, versions) and ``OUT/bench.md`` (tables);
+``OUT/bench_partial.json`` after every configuration, so a run cut off by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class BenchConfig:
     packed: bool | None = None  # nca_lab's base layout; None: packed on a GPU, padded on a CPU (see base_flags)
     trl: bool = True
     agreement_steps: int = 2
+    profile_steps: int = 0  # > 0: profile nca_lab's base dpo configuration for this many steps (torch.profiler)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -276,6 +282,64 @@ def run_trl(model_dir: str, pairs: list[dict], out: Path, *, loss_type: str, pre
     return result
 
 
+# --------------------------------------------------------------------------------------------- the profile
+
+# Operator-name fragments -> what bounds the step; the first match wins (order matters: "log_softmax" before
+# attention's "_softmax", attention's "flash" kernels before "mm", "addmm" before the elementwise "add").
+PROFILE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("log-softmax / gather (loss head)", ("log_softmax", "logsumexp", "gather", "cross_entropy", "nll")),
+    ("attention", ("attention", "flash", "flex", "sdpa", "_softmax", "fmha")),
+    ("optimizer", ("adam", "foreach", "_fused")),
+    ("matmul (linear layers, LM head)", ("mm", "matmul", "linear", "gemm", "cublas", "cutlass", "sm90", "xmma")),
+    ("copies, casts, views", ("copy", "cast", "memcpy", "memset", "cat", "contiguous", "index", "as_strided",
+                              "view", "reshape", "transpose", "slice", "select", "empty", "expand")),
+    ("normalisation and elementwise", ("norm", "mul", "add", "silu", "sigmoid", "rsqrt", "pow", "mean", "exp",
+                                       "neg", "div", "sub", "where", "fill", "sum", "elementwise", "vectorized",
+                                       "reduce")),
+    ("data loading", ("dataloader", "collate")),
+)
+
+
+def profile_group(name: str) -> str:
+    low = name.lower()
+    for group, fragments in PROFILE_GROUPS:
+        if any(f in low for f in fragments):
+            return group
+    return "other"
+
+
+def profile_run(job, *, gpu: bool, top: int = 20) -> tuple[dict[str, Any], str]:
+    """Run ``job()`` under ``torch.profiler``; the operators' self time (CUDA kernels on a GPU, CPU ops on a CPU),
+    the top ``top`` operators with their share, and the shares per :data:`PROFILE_GROUPS` group. Returns (record,
+    the profiler's own table as text)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
+        job()
+    if gpu:
+        torch.cuda.synchronize()
+    averages = prof.key_averages()
+    attr = "self_device_time_total" if gpu else "self_cpu_time_total"
+    rows = [(e.key, float(getattr(e, attr, 0.0) or 0.0), int(e.count)) for e in averages]
+    rows = [r for r in rows if r[1] > 0 and not r[0].startswith("ProfilerStep")]
+    total = sum(t for _, t, _ in rows) or 1.0
+    groups: dict[str, float] = {}
+    for name, t, _ in rows:
+        groups[profile_group(name)] = groups.get(profile_group(name), 0.0) + t
+    rows.sort(key=lambda r: -r[1])
+    record = {
+        "time": "self CUDA time of kernels" if gpu else "self CPU time of operators",
+        "total_ms": round(total / 1e3, 3),
+        "groups": {g: round(t / total, 4) for g, t in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "top": [{"name": n, "self_ms": round(t / 1e3, 3), "share": round(t / total, 4), "calls": c}
+                for n, t, c in rows[:top]],
+    }
+    table = averages.table(sort_by="self_cuda_time_total" if gpu else "self_cpu_time_total", row_limit=top)
+    return record, table
+
+
 # ------------------------------------------------------------------------------------------------ the bench
 
 
@@ -414,19 +478,28 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
                                  bf16=bf16, **common)))
 
     results: dict[str, dict] = {}
+    k4: dict[str, dict] = {}
     t_start = time.perf_counter()
+
+    def save_partial() -> None:
+        # After every configuration: a run cut off by a time limit still leaves what it measured.
+        (out / "bench_partial.json").write_text(json.dumps(
+            {"device": device, "command": command, "config": dataclasses.asdict(cfg), "k2": results, "k4": k4,
+             "elapsed_s": round(time.perf_counter() - t_start, 1)}, indent=2, default=str) + "\n")
+
     for name, job in tqdm(jobs, desc="benchmark (K = 2)", disable=not progress):
         results[name] = _rates(job(), tokens2, n2, policy_ref, peak)
+        save_partial()
 
     # K = 4: one pass over the data. nca_lab takes B prompts x 4 responses per step; TRL 2B pairs per step,
     # i.e. the same 4B sequences per step, and 1.5x the steps (3 pairs per prompt).
-    k4: dict[str, dict] = {}
     k4_steps_ours = math.ceil(n4 / cfg.batch_size)
     for label, loss, flags in (("nca", "nca", base), ("infonca", "infonca", base),
                                ("nca, shared prompt", "nca", ("--no-packed", "--shared-prompt"))):
         run = run_ours(str(model_dir), data4, out / "runs" / "ours", loss=loss, bf16=bf16, flags=flags,
                        **{**common, "steps": k4_steps_ours})
         k4[f"nca_lab {label} (K = 4)"] = _rates(run, tokens4_ours, 3 * n4, policy_ref, peak)
+        save_partial()
     trl_best = None
     if cfg.trl:
         trl_k2 = {k: v for k, v in results.items() if k.startswith("TRL ")}
@@ -437,12 +510,24 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
                       bf16=bf16, **{**common, "batch_size": b_pairs, "steps": math.ceil(len(pairs4) / b_pairs)})
         k4[f"TRL sigmoid, best-vs-rest pairs, precompute_ref_log_probs={precompute}"] = _rates(
             run, tokens4_trl, len(pairs4), policy_ref, peak)
+        save_partial()
 
     # Loss agreement: float32, precomputed reference, logging every step.
     agreement: dict[str, Any] = {"tolerance": LOSS_TOLERANCE, "dtype": "float32", "steps": cfg.agreement_steps}
     if cfg.trl:
         agreement = check_loss_agreement(str(model_dir), data2, pairs2, out / "runs", flags=base,
                                          **{**common, "steps": cfg.agreement_steps})
+
+    profile_record = None
+    if cfg.profile_steps > 0:
+        # What bounds nca_lab's step: its base dpo configuration, profiled separately (the profiler's overhead
+        # stays out of the timed runs above).
+        profile_record, table = profile_run(lambda: run_ours(
+            str(model_dir), data2, out / "runs" / "profile", loss="dpo", bf16=bf16, flags=base,
+            **{**common, "steps": cfg.profile_steps}), gpu=gpu)
+        profile_record = {"configuration": f"nca_lab dpo (base flags {' '.join(base)})",
+                          "steps": cfg.profile_steps, **profile_record}
+        (out / "profile.txt").write_text(table + "\n")
 
     # nca_lab's best `dpo` configuration at TRL's precision (every other switch leaves the numbers unchanged,
     # tested): on a GPU, say, packed + flex_attention may or may not beat padded; the record keeps all of them.
@@ -471,7 +556,7 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
             "peak_memory": "torch.cuda.max_memory_allocated over the configuration (null on CPU)",
         },
         "nca_lab_best_k2": ours_best,
-        "k2": results, "k4": k4, "loss_agreement": agreement,
+        "k2": results, "k4": k4, "loss_agreement": agreement, "profile": profile_record,
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
     if cfg.trl:
@@ -525,6 +610,13 @@ def markdown_report(rec: dict) -> str:
     for name, r in rec["k2"].items():
         lines.append(f"| {name} | {r['tokens_per_s']} | {r['pairs_per_s']} | {r['reference_s']} + {r['train_s']} | "
                      f"{_fmt_mem(r['peak_memory_bytes'])} | {r['mfu'] if r['mfu'] is not None else 'n/a'} |")
+    prof = rec.get("profile")
+    if prof:
+        lines += ["", f"## Profile: {prof['configuration']}, {prof['steps']} steps ({prof['time']}, "
+                      f"{prof['total_ms']} ms in all)", "", "| group | share |", "|---|---|"]
+        lines += [f"| {g} | {share:.1%} |" for g, share in prof["groups"].items()]
+        lines += ["", "| operator | self ms | share | calls |", "|---|---|---|---|"]
+        lines += [f"| `{t['name']}` | {t['self_ms']} | {t['share']:.1%} | {t['calls']} |" for t in prof["top"][:10]]
     lines += ["", "## K = 4 (one pass over the scored data)", "",
               "| configuration | seconds | tokens | tokens/s | pairs/s | peak memory |", "|---|---|---|---|---|---|"]
     for name, r in rec["k4"].items():
@@ -549,10 +641,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
                    help="nca_lab's base layout (default: packed + flex_attention on a GPU, padded on a CPU)")
     p.add_argument("--no-trl", action="store_true", help="nca_lab only (no ratios)")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="profile nca_lab's base dpo configuration for N steps with torch.profiler (0: off); "
+                        "writes the record's 'profile' and OUT/profile.txt")
     a = p.parse_args(argv)
     ablations = tuple(x.strip() for x in a.ablations.split(",") if x.strip())
     cfg = BenchConfig(size=a.size, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, k4_prompts=a.k4_prompts,
-                      lr=a.lr, seed=a.seed, ablations=ablations, packed=a.packed, trl=not a.no_trl)
+                      lr=a.lr, seed=a.seed, ablations=ablations, packed=a.packed, trl=not a.no_trl,
+                      profile_steps=a.profile_steps)
     command = "python -m nca_lab.llm.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         rec = run_bench(cfg, a.out, command=command)
