@@ -188,9 +188,9 @@ def _write_jsonl(rows: list[dict], path: Path) -> str:
 def base_flags(packed: bool, gpu: bool) -> tuple[str, ...]:
     """The layout flags of nca_lab's base configuration. Packed (padding-free) batches only pay with an attention
     kernel that skips the masked blocks of the block-diagonal mask: flex_attention on a GPU. sdpa computes the
-    whole [L, L] score matrix of the packed row (L = every token of the batch), which on a CPU measured 1.3x
-    slower than padding (forward + backward, 8 sequences of 120-250 tokens, hidden 256); on a CPU flex_attention
-    has no backward (torch 2.13), so packed CPU runs use sdpa."""
+    whole [L, L] score matrix of the packed row (L = every token of the batch): in the recorded CPU benchmark
+    runs (llm/bench/cpu_small*.json) packed batches with sdpa ran at 0.42-0.52x the tokens/s of padded ones; on a
+    CPU flex_attention has no backward (torch 2.13), so packed CPU runs use sdpa."""
     if not packed:
         return ("--no-packed",)
     return ("--packed", "--attn-implementation", "flex_attention") if gpu else ("--packed",)
@@ -455,10 +455,19 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
         run_trl(str(model_dir), pairs2, out / "runs" / "warmup_trl", loss_type="sigmoid", precompute=False,
                 bf16=bf16, **{**common, "steps": 1})
 
+    # Order: the head-to-head runs first (nca_lab's base, then TRL's four), the ablations after them, so a run cut
+    # off by a time limit keeps the comparison in bench_partial.json.
     jobs: list[tuple[str, Any]] = []
     for loss in ("dpo", "nca_pair"):
         jobs.append((f"nca_lab {loss}", lambda loss=loss: run_ours(str(model_dir), data2, out / "runs" / "ours",
                                                                     loss=loss, bf16=bf16, flags=base, **common)))
+    if cfg.trl:
+        for loss_type in ("sigmoid", "nca_pair"):
+            for precompute in (False, True):
+                jobs.append((f"TRL {loss_type}, precompute_ref_log_probs={precompute}",
+                             lambda lt=loss_type, pc=precompute: run_trl(
+                                 str(model_dir), pairs2, out / "runs" / "trl", loss_type=lt, precompute=pc,
+                                 bf16=bf16, **common)))
     for name in cfg.ablations:
         flags, precision, label = base + OURS_ABLATIONS[name], bf16, name
         if name == "packing flipped":
@@ -469,13 +478,6 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
             label = "bf16 mixed precision on" if precision else "fp32 (bf16 off)"
         jobs.append((f"nca_lab dpo, {label}", lambda flags=flags, precision=precision: run_ours(
             str(model_dir), data2, out / "runs" / "ours", loss="dpo", bf16=precision, flags=flags, **common)))
-    if cfg.trl:
-        for loss_type in ("sigmoid", "nca_pair"):
-            for precompute in (False, True):
-                jobs.append((f"TRL {loss_type}, precompute_ref_log_probs={precompute}",
-                             lambda lt=loss_type, pc=precompute: run_trl(
-                                 str(model_dir), pairs2, out / "runs" / "trl", loss_type=lt, precompute=pc,
-                                 bf16=bf16, **common)))
 
     results: dict[str, dict] = {}
     k4: dict[str, dict] = {}
