@@ -336,7 +336,7 @@ def profile_run(job, *, gpu: bool, top: int = 20) -> tuple[dict[str, Any], str]:
         "top": [{"name": n, "self_ms": round(t / 1e3, 3), "share": round(t / total, 4), "calls": c}
                 for n, t, c in rows[:top]],
     }
-    table = averages.table(sort_by="self_cuda_time_total" if gpu else "self_cpu_time_total", row_limit=top)
+    table = averages.table(sort_by="self_device_time_total" if gpu else "self_cpu_time_total", row_limit=top)
     return record, table
 
 
