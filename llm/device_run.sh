@@ -15,41 +15,54 @@
 #   bench_gpu.json|.md, bench_gpu.log   issue 6: nca_lab vs TRL on a 0.5B model (llm/bench/); if the bench is
 #                                   cut, bench_gpu_partial.json holds every configuration it finished
 #   study_gpu.tgz                   issue 5: the verifiable-reasoning study (llm/results/, figures/)
+#   device_run.log                  the GPU's name, the package versions in use, each stage's exit code
 # The full-size single-issue commands are in llm/scale/README.md, llm/bench/README.md, llm/study/README.md.
 # Never run on a GPU yet: the stage times are estimates; what a cut stage skipped is in its log / record.
+# SCALE_ARGS, BENCH_ARGS, STUDY_SCALE, WORK, WHEELS and PY override the sizes and the scratch folder: tests/test_device_run.py
+# runs this script on CPU at the tiny sizes, so its plumbing is checked before a lease is spent on it.
 set -u
 : "${OUT:?run through the device tool: OUT is its output folder}"
 SCALE_S=${SCALE_S:-90} BENCH_S=${BENCH_S:-210} STUDY_S=${STUDY_S:-210}
+SCALE_ARGS=${SCALE_ARGS:---size 100m --steps 100 --batch-size 8 --k 4 --seq-len 1024 --bf16}
+BENCH_ARGS=${BENCH_ARGS:---size 0.5b --steps 20 --batch-size 8 --seq-len 512 --profile-steps 5}
+STUDY_SCALE=${STUDY_SCALE:-gpu} WORK=${WORK:-/tmp/nca_device_run} PY=${PY:-python3} WHEELS=${WHEELS:-.whl}
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/device_run.log"; }
+mkdir -p "$WORK"
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { log "wheel install failed (carry .whl?)"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+if ls "$WHEELS"/*.whl > /dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" "$WHEELS"/*.whl \
+    || { log "wheel install failed"; exit 1; }
+  export PYTHONPATH="$WORK/site:$PWD"
+else
+  log "no wheels in $WHEELS/: using the installed packages"; export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$OUT/device_run.log" 2>&1
-python3 -c "import torch, transformers, datasets, trl; print(torch.__version__, transformers.__version__, datasets.__version__, trl.__version__)" \
+"$PY" -c "import torch, transformers, datasets, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'datasets', datasets.__version__, 'trl', trl.__version__)" \
   >> "$OUT/device_run.log" 2>&1
 
 log "issue 4: scale run (${SCALE_S}s)"
-timeout "$SCALE_S" python3 -m nca_lab.llm.scale_run --size 100m --out /tmp/scale --steps 100 --batch-size 8 --k 4 \
-  --seq-len 1024 --bf16 --loss nca > "$OUT/scale_gpu.log" 2>&1
+# shellcheck disable=SC2086  # the *_ARGS are word lists
+timeout "$SCALE_S" "$PY" -m nca_lab.llm.scale_run $SCALE_ARGS --loss nca --out "$WORK/scale" > "$OUT/scale_gpu.log" 2>&1
 log "scale run exit $?"
-cp /tmp/scale/scale_run.json "$OUT/scale_gpu.json" 2>/dev/null
+cp "$WORK/scale/scale_run.json" "$OUT/scale_gpu.json" 2>/dev/null
 
 log "issue 6: bench (${BENCH_S}s)"
-timeout "$BENCH_S" python3 -m nca_lab.llm.bench --out /tmp/bench --size 0.5b --steps 20 --batch-size 8 \
-  --seq-len 512 --profile-steps 5 > "$OUT/bench_gpu.log" 2>&1
+# shellcheck disable=SC2086
+timeout "$BENCH_S" "$PY" -m nca_lab.llm.bench $BENCH_ARGS --out "$WORK/bench" > "$OUT/bench_gpu.log" 2>&1
 log "bench exit $?"
-if [ -f /tmp/bench/bench.json ]; then
-  cp /tmp/bench/bench.json "$OUT/bench_gpu.json"; cp /tmp/bench/bench.md "$OUT/bench_gpu.md"
+if [ -f "$WORK/bench/bench.json" ]; then
+  cp "$WORK/bench/bench.json" "$OUT/bench_gpu.json"; cp "$WORK/bench/bench.md" "$OUT/bench_gpu.md"
 else
-  cp /tmp/bench/bench_partial.json "$OUT/bench_gpu_partial.json" 2>/dev/null
+  cp "$WORK/bench/bench_partial.json" "$OUT/bench_gpu_partial.json" 2>/dev/null
 fi
 
 log "issue 5: study (${STUDY_S}s budget)"
-mkdir -p /tmp/study
+mkdir -p "$WORK/study"
 # the study's own stage budgets are scaled to STUDY_S - 30 (report and writing inside the rest)
-timeout "$STUDY_S" python3 -m nca_lab.llm.study --scale gpu --time-budget-s $((STUDY_S - 30)) --out /tmp/study/work \
-  --results-dir /tmp/study/results --figures-dir /tmp/study/figures --no-progress > /tmp/study/log 2>&1
+timeout "$STUDY_S" "$PY" -m nca_lab.llm.study --scale "$STUDY_SCALE" --time-budget-s $((STUDY_S - 30)) \
+  --out "$WORK/study/work" --results-dir "$WORK/study/results" --figures-dir "$WORK/study/figures" --no-progress \
+  > "$WORK/study/log" 2>&1
 log "study exit $?"
-tar czf "$OUT/study_gpu.tgz" -C /tmp/study results figures log work/state.json 2>/dev/null
+tar czf "$OUT/study_${STUDY_SCALE}.tgz" -C "$WORK/study" results figures log work/state.json 2>/dev/null
 log "done"; ls -la "$OUT"
