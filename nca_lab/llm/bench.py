@@ -34,7 +34,8 @@ Definitions (also written into the JSON):
 
 * profile (``--profile-steps N``): nca_lab's base ``dpo`` configuration run again for N steps under
   ``torch.profiler``, outside the timed runs; operators' self time (CUDA kernels on a GPU) grouped into matmul,
-  attention, loss head, optimizer, copies, elementwise and other — what bounds the step where a target is missed.
+  attention, loss head, optimizer, copies, elementwise, data loading and other — what bounds the step where a
+  target is missed.
 
 Results: ``OUT/bench.json`` (every number, the command, device, versions) and ``OUT/bench.md`` (tables);
 ``OUT/bench_partial.json`` after every configuration, so a run cut off by a time limit keeps what it measured.
@@ -327,7 +328,8 @@ def profile_run(job, *, gpu: bool, top: int = 20) -> tuple[dict[str, Any], str]:
     total = sum(t for _, t, _ in rows) or 1.0
     groups: dict[str, float] = {}
     for name, t, _ in rows:
-        groups[profile_group(name)] = groups.get(profile_group(name), 0.0) + t
+        group = profile_group(name)
+        groups[group] = groups.get(group, 0.0) + t
     rows.sort(key=lambda r: -r[1])
     record = {
         "time": "self CUDA time of kernels" if gpu else "self CPU time of operators",
