@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("trl")
 
-from nca_lab.llm import bench  # noqa: E402
-from nca_lab.llm.scale_run import build_model_and_tokenizer  # noqa: E402
+from nca_lab.llm.bench import run as bench  # noqa: E402
+from nca_lab.llm.scale_run.run import build_model_and_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import random
 import pytest
 import torch
 
-from nca_lab.llm.base_policy import build_model, model_config, n_params, train_base_policy
-from nca_lab.llm.sampling import (_encode_prompts, estimate_kl, evaluate_policy, greedy_answers,
-                                  response_logps, sample_responses, sample_scored_jsonl,
-                                  write_scored_jsonl)
-from nca_lab.llm.task import ALPHABET, build_task_tokenizer, load_splits, parse_response, verify
+from nca_lab.llm.study.base_policy import build_model, model_config, n_params, train_base_policy
+from nca_lab.llm.study.sampling import (_encode_prompts, estimate_kl, evaluate_policy, greedy_answers,
+                                        response_logps, sample_responses, sample_scored_jsonl,
+                                        write_scored_jsonl)
+from nca_lab.llm.study.task import ALPHABET, build_task_tokenizer, load_splits, parse_response, verify
 
 TINY_STEPS = 200
 

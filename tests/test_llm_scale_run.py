@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from nca_lab.llm import scale_run as sr
+from nca_lab.llm.scale_run import run as sr
 
 # Every key the record promises (llm/scale/README.md documents them).
 TOP_KEYS = {"device_kind", "device", "started_utc", "load_average_start", "load_average_end", "command",

@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from nca_lab.llm import study
+from nca_lab.llm.study import pipeline as study
 from nca_lab.llm.config import config_from_args
 
 

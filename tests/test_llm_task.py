@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nca_lab.llm.task import (ALPHABET, DIFFICULTY, ERROR_KINDS, LEVELS, SPLITS, Problem, build_task_tokenizer,
-                              corrupted_demonstration, demonstration, format_response, load_splits, make_problems,
-                              parse_response, solution_steps, verify)
+from nca_lab.llm.study.task import (ALPHABET, DIFFICULTY, ERROR_KINDS, LEVELS, SPLITS, Problem,
+                                    build_task_tokenizer, corrupted_demonstration, demonstration, format_response,
+                                    load_splits, make_problems, parse_response, solution_steps, verify)
 
 EXAMPLE = Problem((37, 58, 21, 3), ("+", "-", "*"))  # 37+58-21*3 = 32
 

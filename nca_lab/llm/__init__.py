@@ -1,0 +1,12 @@
+"""The LLM world: a trainer library, and the experiments that use it.
+
+The library is the modules of this folder: preference data (``data``), tokenisation, collation, sequence
+log-probabilities (``logps``), the reference cache, metrics, the ``ContrastiveTrainer``, its configuration and
+the command line ``python -m nca_lab.llm.train`` (``train``, ``demo``).  It never imports an experiment.
+
+The experiments are the subpackages, each run with ``python -m``:
+
+:mod:`nca_lab.llm.study`      the verifiable-reasoning study of the NCA paper's four claims;
+:mod:`nca_lab.llm.bench`      the benchmark against TRL's ``DPOTrainer``;
+:mod:`nca_lab.llm.scale_run`  the trainer at model scale, with its cost recorded.
+"""

@@ -1,7 +1,7 @@
 """The base policy μ: a ``LlamaForCausalLM`` trained from scratch on the arithmetic task's demonstrations.
 
 μ must *vary* in reward so that K samples per prompt carry a contrastive signal.  Two sources of variation:
-the demonstrations themselves contain errors at a controlled rate (:func:`nca_lab.llm.task.demonstration`:
+the demonstrations themselves contain errors at a controlled rate (:func:`nca_lab.llm.study.task.demonstration`:
 with probability ``error_rate`` a propagated intermediate slip, a wrong final answer or a malformed line),
 and a small model trained briefly is an imperfect calculator.
 
@@ -21,7 +21,7 @@ Sizes (:func:`model_config`; parameter counts for the task's 78-token vocabulary
 Observed on 2 shared CPU cores (``OMP_NUM_THREADS=1``; error rate 0.2, seed 0, 500 validation problems,
 4 samples each)::
 
-    python -m nca_lab.llm.base_policy --out-dir DIR --size small --level easy --steps 1100 --batch-size 32 \
+    python -m nca_lab.llm.study.base_policy --out-dir DIR --size small --level easy --steps 1100 --batch-size 32 \
         --lr 3e-3 --n-eval 500
 
 trains in 197 s to final loss 0.08, greedy accuracy 0.762, sampled reward 0.658 ± 0.390 (mean within-prompt
@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from nca_lab.llm.task import LEVELS, build_task_tokenizer, demonstration, load_splits, verify
+from nca_lab.llm.study.task import LEVELS, build_task_tokenizer, demonstration, load_splits, verify
 
 __all__ = ["SIZES", "model_config", "build_model", "n_params", "train_base_policy", "main"]
 
@@ -125,7 +125,7 @@ def train_base_policy(out_dir: str | None, *, size: str = "tiny", level: str = "
                       time_budget_s: float | None = None, n_eval: int = 200, eval_samples: int = 4,
                       max_new_tokens: int = 80, progress: bool = True) -> dict:
     """Train μ from scratch on ``n_train`` train-split problems of the task ``level`` (see
-    :data:`nca_lab.llm.task.LEVELS`) with demonstrations at ``error_rate``.
+    :data:`nca_lab.llm.study.task.LEVELS`) with demonstrations at ``error_rate``.
 
     Each step draws ``batch_size`` problems (with replacement) and a fresh demonstration for each.  AdamW,
     linear warmup (default 5% of ``steps``) then cosine decay to 0.1·lr, gradient clipping at 1.0; with
@@ -136,11 +136,11 @@ def train_base_policy(out_dir: str | None, *, size: str = "tiny", level: str = "
     ``train_result.json``.  Returns a dict: ``loss_curve`` ([step, mean loss since the previous point]),
     ``steps_done``, ``n_params``, ``train_seconds``, ``demo_reward`` (mean verifier reward of fresh
     demonstrations at this error rate on the evaluation prompts: the reward the data itself has), ``eval``
-    (:func:`nca_lab.llm.sampling.evaluate_policy` on the first ``n_eval`` validation problems with
+    (:func:`nca_lab.llm.study.sampling.evaluate_policy` on the first ``n_eval`` validation problems with
     ``eval_samples`` samples each), and the headline numbers ``accuracy`` (greedy), ``reward_mean`` /
     ``reward_std`` (sampled rewards), ``within_prompt_reward_std``.  The model is returned under ``model``
     (not serialised)."""
-    from nca_lab.llm.sampling import evaluate_policy
+    from nca_lab.llm.study.sampling import evaluate_policy
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("n_train", n_train)):
         if not isinstance(value, int) or value < 1:
@@ -220,7 +220,7 @@ def train_base_policy(out_dir: str | None, *, size: str = "tiny", level: str = "
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m nca_lab.llm.base_policy --out-dir DIR --size small ...``: train μ and print its summary."""
+    """``python -m nca_lab.llm.study.base_policy --out-dir DIR --size small ...``: train μ and print its summary."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES))

@@ -25,7 +25,7 @@ is cheap for the task's 84-token character vocabulary; for large-vocabulary mode
 
 Command line (μ's K = 4 samples per train prompt as training data)::
 
-    python -m nca_lab.llm.sampling --model DIR_OF_MU --level easy --split train --n-prompts 2000 --k 4 \
+    python -m nca_lab.llm.study.sampling --model DIR_OF_MU --level easy --split train --n-prompts 2000 --k 4 \
         --out data/mu_k4.jsonl
 """
 
@@ -202,13 +202,13 @@ def _problem_prompt(problem) -> str:
 def write_scored_jsonl(path: str, problems: Sequence, responses: Sequence[Sequence[str]],
                        verifier: Callable | None = None) -> dict:
     """Write one row per problem: ``{"prompt", "responses", "rewards", "problem_id", "answer"}``, rewards =
-    ``verifier(problem, response)`` (default :func:`nca_lab.llm.task.verify`).
+    ``verifier(problem, response)`` (default :func:`nca_lab.llm.study.task.verify`).
 
     Empty (or whitespace-only) responses — the model emitted EOS at once — are dropped from their row, because
     the data adapters reject empty responses; a row left with no response is dropped.  Both counts are
     returned, with the number of rows/responses written and the mean reward of the written responses."""
     if verifier is None:
-        from nca_lab.llm.task import verify as verifier
+        from nca_lab.llm.study.task import verify as verifier
     if len(problems) != len(responses):
         raise ValueError(f"responses: {len(responses)} lists for {len(problems)} problems")
     n_rows = n_responses = dropped_empty = dropped_rows = 0
@@ -263,7 +263,7 @@ def evaluate_policy(model, tokenizer, problems: Sequence, *, n_samples: int = 4,
     ``within_prompt_reward_std`` (mean over problems of the std among its samples: the spread a contrastive
     loss sees), ``sample_accuracy``, ``well_formed`` (fraction of samples the task parser accepts),
     ``prompts_with_spread`` (fraction of problems whose samples do not all get the same reward)."""
-    from nca_lab.llm.task import parse_response, verify
+    from nca_lab.llm.study.task import parse_response, verify
     verifier = verifier or verify
     if len(problems) == 0:
         raise ValueError("problems: need at least one problem to evaluate")
@@ -318,17 +318,17 @@ def estimate_kl(policy, reference, tokenizer, prompts: Sequence[str], *, n_sampl
 # ------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m nca_lab.llm.sampling --model DIR --out data.jsonl``: K responses per prompt of a task split,
+    """``python -m nca_lab.llm.study.sampling --model DIR --out data.jsonl``: K responses per prompt of a task split,
     scored by the verifier, in the generic JSONL schema."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nca_lab.llm.task import load_splits
+    from nca_lab.llm.study.task import load_splits
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model", required=True, help="directory of a saved model + tokenizer (μ)")
     parser.add_argument("--out", required=True, help="output JSONL path")
     parser.add_argument("--split", default="train", choices=("train", "validation", "test"))
-    parser.add_argument("--level", default="standard", help="task level (nca_lab.llm.task.LEVELS)")
+    parser.add_argument("--level", default="standard", help="task level (nca_lab.llm.study.task.LEVELS)")
     parser.add_argument("--n-prompts", type=int, default=None, help="first N problems of the split (default all)")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=80)

@@ -1,8 +1,8 @@
 """``python -m nca_lab.llm.bench``: nca_lab's trainer against TRL's ``DPOTrainer``, side by side in one process.
 
 One command builds a ``LlamaForCausalLM`` from a config (random weights, seeded; sizes in
-:data:`nca_lab.llm.scale_run.SIZES`, ``0.5b`` on a GPU), saves it with the offline tokenizer, generates
-scored data with varied lengths (:func:`nca_lab.llm.scale_run.generate_rows`) and trains the *same* saved
+:data:`nca_lab.llm.scale_run.run.SIZES`, ``0.5b`` on a GPU), saves it with the offline tokenizer, generates
+scored data with varied lengths (:func:`nca_lab.llm.scale_run.run.generate_rows`) and trains the *same* saved
 model on the *same* data, batch and sequence lengths for a fixed number of steps with:
 
 * nca_lab (``python -m nca_lab.llm.train``'s in-process entry point ``config_from_args`` + ``run``), losses
@@ -166,7 +166,7 @@ def best_rest_pairs(rows: list[dict]) -> list[dict]:
 def untied_rows(tokenizer, n: int, k: int, seq_len: int, seed: int) -> list[dict]:
     """``n`` generated rows whose K rewards are all distinct (a tie carries no preference: TRL would still
     train on an arbitrary order, nca_lab would skip it, and the comparison would not be like for like)."""
-    from nca_lab.llm.scale_run import generate_rows
+    from nca_lab.llm.scale_run.run import generate_rows
 
     rows, attempt = [], 0
     while len(rows) < n:
@@ -405,7 +405,7 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
     import torch
     from tqdm.auto import tqdm
 
-    from nca_lab.llm import scale_run as sr
+    from nca_lab.llm.scale_run import run as sr
 
     if cfg.trl:
         try:
@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nca_lab.llm.bench", description=__doc__.split("\n")[0])
     d = BenchConfig()
     p.add_argument("--out", required=True, help="folder for the model, data, runs, bench.json and bench.md")
-    p.add_argument("--size", default=d.size, help="model size from nca_lab.llm.scale_run.SIZES")
+    p.add_argument("--size", default=d.size, help="model size from nca_lab.llm.scale_run.run.SIZES")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)

@@ -6,8 +6,8 @@ parser from the equivalent command line, which is recorded with the run.
 
 Stages (``--stages``; each has a time budget, see the recipe's ``budgets_s``):
 
-``task``    the fixed splits and the character tokenizer of :mod:`nca_lab.llm.task`;
-``base``    train μ from scratch (:func:`nca_lab.llm.base_policy.train_base_policy`) and evaluate it on the test
+``task``    the fixed splits and the character tokenizer of :mod:`nca_lab.llm.study.task`;
+``base``    train μ from scratch (:func:`nca_lab.llm.study.base_policy.train_base_policy`) and evaluate it on the test
             split (the baseline every aligned policy is compared with);
 ``sample``  K = 4 responses per training prompt from μ (temperature 1, no truncation), scored by the exact
             verifier, written as generic JSONL (``data_k4.jsonl``).  The K = 2 dataset (``data_k2.jsonl``) is
@@ -58,7 +58,7 @@ __all__ = [
     "summarise", "compare", "claims", "run_study", "main",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 RECIPES_DIR = REPO_ROOT / "llm" / "study"
 STAGES = ("task", "base", "sample", "sweep", "seeds", "report")
 # Keys every alignment-run record carries (the issue's contract for llm/results/*.json).
@@ -243,7 +243,7 @@ def data_statistics(rows: Sequence[dict]) -> dict:
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
-    # As nca_lab.llm.sampling: EOS dropped, other special tokens kept so that they make the text malformed.
+    # As nca_lab.llm.study.sampling: EOS dropped, other special tokens kept so that they make the text malformed.
     if ids and ids[-1] == tokenizer.eos_token_id:
         ids = ids[:-1]
     return tokenizer.decode(ids, skip_special_tokens=False)
@@ -257,8 +257,8 @@ def evaluate_policy_vs_reference(policy, reference, tokenizer, problems: Sequenc
     ``n_samples`` samples per prompt (temperature 1, no top-k/top-p); ``kl`` = mean over the same samples of
     Σ_t [log π(y_t|·) − log μ(y_t|·)] (sequence-level, responses cut at EOS or ``max_new_tokens``), ``kl_se`` its
     standard error.  ``reference=None`` means π = μ, so KL = 0 exactly and is not estimated."""
-    from nca_lab.llm.sampling import generate_response_ids, greedy_answers, response_logps
-    from nca_lab.llm.task import parse_response, verify
+    from nca_lab.llm.study.sampling import generate_response_ids, greedy_answers, response_logps
+    from nca_lab.llm.study.task import parse_response, verify
 
     prompts = [p.prompt for p in problems]
     greedy = greedy_answers(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -302,7 +302,7 @@ def logp_change(policy, reference, tokenizer, rows: Sequence[dict], *, batch_siz
 
     This is the exact end-of-training value of the quantity whose batch means the trainer logs as
     ``logps/chosen`` / ``logps/rejected`` (claim 4: does the best response's likelihood fall?)."""
-    from nca_lab.llm.sampling import response_logps
+    from nca_lab.llm.study.sampling import response_logps
     from nca_lab.llm.tokenization import tokenize_record
 
     prompts, best, worst = [], [], []
@@ -670,7 +670,7 @@ class Study:
         return model
 
     def _problems(self, split: str, n: int):
-        from nca_lab.llm.task import load_splits
+        from nca_lab.llm.study.task import load_splits
 
         n_train = self.cfg.data.get("n_prompts", 0) if split == "train" else 0
         return load_splits(n_train)[split][:n]
@@ -685,7 +685,7 @@ class Study:
 
     # -- stages
     def stage_task(self) -> None:
-        from nca_lab.llm.task import DIFFICULTY, SPLITS, build_task_tokenizer
+        from nca_lab.llm.study.task import DIFFICULTY, SPLITS, build_task_tokenizer
 
         t0 = time.monotonic()
         tokenizer = build_task_tokenizer()
@@ -700,7 +700,7 @@ class Study:
         self._stage_done("task", time.monotonic() - t0)
 
     def stage_base(self) -> None:
-        from nca_lab.llm.base_policy import train_base_policy
+        from nca_lab.llm.study.base_policy import train_base_policy
 
         t0 = time.monotonic()
         path = self.out / "mu"
@@ -722,7 +722,7 @@ class Study:
     def stage_sample(self) -> None:
         from tqdm.auto import tqdm
 
-        from nca_lab.llm.sampling import sample_responses, write_scored_jsonl
+        from nca_lab.llm.study.sampling import sample_responses, write_scored_jsonl
 
         t0 = time.monotonic()
         budget = _Budget(self.budgets.get("sample"))
@@ -915,7 +915,7 @@ class Study:
                         os.remove(os.path.join(r["output_dir"], name))
 
     def stage_report(self) -> dict:
-        from nca_lab.llm.study_plots import write_figures
+        from nca_lab.llm.study.plots import write_figures
 
         t0 = time.monotonic()
         self._forget_skips_done_later()
