@@ -282,7 +282,6 @@ def test_speed_switches_do_not_change_the_numbers(tmp_path, model_dir):
 def test_refused_combinations(tmp_path, model_dir):
     data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4))
     base = ["--model", model_dir, "--data", data, "--output-dir", str(tmp_path / "o")]
-    assert main(base + ["--ref-mode", "online", "--lora"]) == 2
     assert main(base + ["--resume", "--save-strategy", "no"]) == 2
     assert main(base + ["--packed", "--shared-prompt"]) == 2
     # eager attention adds a boolean 4D mask as numbers: the start-up check refuses the shared-prompt layout

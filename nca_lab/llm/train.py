@@ -3,7 +3,8 @@
 Pipeline (each step is one module with one job):
 
 1. configuration: defaults < ``--config`` YAML/JSON < flags (:mod:`nca_lab.llm.config`);
-2. model + tokenizer by ``from_pretrained`` (hub id or local path), or the built-in demo
+2. model + tokenizer by ``from_pretrained`` (hub id, local path, or the name of a model an installed package
+   ships, :mod:`nca_lab.llm.packaged`, e.g. ``smollm2-135m-instruct``), or the built-in demo
    (:mod:`nca_lab.llm.demo`) when neither ``--model`` nor ``--data`` is given; dropout disabled unless
    ``--dropout``;
 3. data → records (:func:`nca_lab.llm.data.load_records`, validated once here) → token ids
@@ -12,7 +13,8 @@ Pipeline (each step is one module with one job):
    collation and cached on disk (:mod:`nca_lab.llm.reference`); under ``torchrun``/``accelerate launch``
    the main process computes and caches them first, the other processes then load the cache;
 5. ``--lora``: LoRA adapters (peft) on the model whose reference was just computed, i.e. the reference is
-   the base model (= the adapters-disabled policy);
+   the base model (= the adapters-disabled policy); with ``--ref-mode online`` the reference is computed in
+   each step by the same weights with the adapters disabled (no second copy in memory);
 6. training with :class:`nca_lab.llm.trainer.ContrastiveTrainer` (transformers ``Trainer``);
 7. the final model + tokenizer (``save_pretrained`` format) and ``metrics.json`` (log history, config, data
    and tokenisation reports, versions, throughput) in ``--output-dir``.
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from nca_lab.llm.config import TrainConfig, config_from_args, loss_hparams, resolved_hparams
+from nca_lab.llm.packaged import model_provenance
 
 __all__ = ["main", "run", "prepare_output_dir", "training_arguments", "load_tokenizer", "load_model"]
 
@@ -83,11 +86,19 @@ def _clear_checkpoints(out: str) -> None:
 # ----------------------------------------------------------------------------------------- model and data
 
 
+def model_path(cfg: TrainConfig) -> str:
+    """``--model`` as ``from_pretrained`` takes it: a packaged-model name (:mod:`nca_lab.llm.packaged`) becomes
+    its cached folder, converted on first use; a hub id or a path is used as given."""
+    from nca_lab.llm.packaged import resolve_model
+
+    return resolve_model(cfg.model)
+
+
 def load_tokenizer(cfg: TrainConfig):
-    """``AutoTokenizer.from_pretrained`` by hub id or local path (the same code path)."""
+    """``AutoTokenizer.from_pretrained`` by packaged-model name, hub id or local path."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(cfg.model)
+    return AutoTokenizer.from_pretrained(model_path(cfg))
 
 
 def load_model(cfg: TrainConfig):
@@ -101,7 +112,7 @@ def load_model(cfg: TrainConfig):
     from transformers import AutoModelForCausalLM
 
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(model_path(cfg), dtype=torch.float32, **kwargs)
 
 
 def _ensure_pad_token(tokenizer) -> int:
@@ -325,7 +336,9 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         model.to(args.device)
         check_shared_prompt_layout(model)  # ValueError naming the attention's requirement if not
     ref_model = None
-    if loss.needs_ref and cfg.ref_mode == "online":
+    if loss.needs_ref and cfg.ref_mode == "online" and cfg.lora:
+        pass  # the trainer runs the reference as the policy with its adapters disabled
+    elif loss.needs_ref and cfg.ref_mode == "online":
         import copy
 
         ref_model = copy.deepcopy(model)  # a second model in memory, as TRL keeps one
@@ -359,7 +372,8 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         processing_class=tokenizer,
         callbacks=[StopAfterStepsCallback(cfg.stop_after_steps)] if cfg.stop_after_steps else None,
         loss=loss, loss_hparams=hparams, metric_beta=_metric_beta(loss, hparams), chunk_size=cfg.chunk_size,
-        ref_model=ref_model, full_logits=cfg.full_logits, sync_checks=cfg.sync_checks,
+        ref_model=ref_model, ref_adapters_disabled=loss.needs_ref and cfg.ref_mode == "online" and cfg.lora,
+        full_logits=cfg.full_logits, sync_checks=cfg.sync_checks,
     )
     _say(args, f"loss {loss.name} {resolved_hparams(cfg)}; {args.world_size} process(es); output: {output_dir}")
     train_output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
@@ -379,6 +393,8 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         "output_dir": output_dir,
         "command": sys.argv if command is None else command,
         "config": dataclasses.asdict(cfg),
+        "model": None if cfg.is_demo else {"given": cfg.model, "path": model_path(cfg),
+                                           "packaged": model_provenance(cfg.model)},
         "loss": {"name": loss.name, "hparams": resolved_hparams(cfg), "needs_ref": loss.needs_ref,
                  "metric_beta": _metric_beta(loss, hparams)},
         "data": {"train": data_report.summary(), "eval": eval_data_report.summary() if eval_data_report else None},

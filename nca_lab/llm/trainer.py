@@ -8,7 +8,8 @@ One training step on a batch of B prompts with up to K responses each (collated 
    fp32 logits, response positions precomputed by the collator);
 2. the registry loss, called unchanged with summed log-probs, ``lengths``, ``mask``, the cached
    ``ref_logps`` (computed once before training: no second model in memory; or, with ``ref_model``, by a
-   frozen model inside the step as TRL does without ``precompute_ref_log_probs``) and ``validate=False``
+   frozen model inside the step as TRL does without ``precompute_ref_log_probs``; or, with
+   ``ref_adapters_disabled``, by the LoRA policy itself with its adapters disabled, as TRL does for peft) and ``validate=False``
    (the data was validated when it was loaded), giving ``[B]``. With ``sync_checks=False`` (default)
    nothing in the step reads a device value on the host, so the CPU queues kernels ahead of the GPU;
 3. the mean over prompts. Under data parallelism each process averages its own prompts and DDP averages
@@ -21,6 +22,7 @@ accumulated per step and averaged per logging interval across processes (:mod:`n
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -89,8 +91,8 @@ class ContrastiveTrainer(Trainer):
     """
 
     def __init__(self, *args, loss, loss_hparams: dict[str, Any] | None = None, metric_beta: float = 1.0,
-                 chunk_size: int = 1024, ref_model: nn.Module | None = None, full_logits: bool = False,
-                 sync_checks: bool = False, **kwargs):
+                 chunk_size: int = 1024, ref_model: nn.Module | None = None, ref_adapters_disabled: bool = False,
+                 full_logits: bool = False, sync_checks: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.remove_unused_columns:
             raise ValueError("ContrastiveTrainer needs TrainingArguments(remove_unused_columns=False): the "
@@ -102,6 +104,10 @@ class ContrastiveTrainer(Trainer):
         self.full_logits = full_logits
         self.sync_checks = sync_checks
         self.ref_model = ref_model
+        self.ref_adapters_disabled = ref_adapters_disabled
+        if ref_adapters_disabled and (ref_model is not None or not hasattr(self.model, "disable_adapter")):
+            raise ValueError("ref_adapters_disabled needs a peft model (and no ref_model): the reference is the "
+                             "policy with its adapters disabled")
         if ref_model is not None:
             ref_model.to(self.args.device).eval().requires_grad_(False)
         # Dataset tokens of the training batches seen by this process in this session (prompt + response per
@@ -117,9 +123,14 @@ class ContrastiveTrainer(Trainer):
         policy_logps, _ = batch_logps(model, inputs, chunk_size=self.chunk_size, validate=self.sync_checks,
                                       full_logits=self.full_logits)
         ref_logps = inputs.get("ref_logps")
-        if self.ref_model is not None and self.loss_fn.needs_ref:
-            with torch.no_grad(), torch.autocast(self.args.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
-                ref_logps, _ = batch_logps(self.ref_model, inputs, chunk_size=self.chunk_size,
+        if (self.ref_model is not None or self.ref_adapters_disabled) and self.loss_fn.needs_ref:
+            ref_model = self.ref_model if self.ref_model is not None else model
+            # LoRA: the same weights with the adapters switched off are the base model, so no copy is kept.
+            adapters_off = (self.accelerator.unwrap_model(model).disable_adapter() if self.ref_adapters_disabled
+                            else contextlib.nullcontext())
+            with torch.no_grad(), adapters_off, torch.autocast(self.args.device.type, dtype=torch.bfloat16,
+                                                                enabled=self.args.bf16):
+                ref_logps, _ = batch_logps(ref_model, inputs, chunk_size=self.chunk_size,
                                            validate=self.sync_checks, full_logits=self.full_logits)
         if self.loss_fn.needs_ref and ref_logps is None:
             raise ValueError(f"loss {self.loss_fn.name!r} needs reference log-probs: the dataset has no "
