@@ -12,18 +12,22 @@ import pytest
 
 pytest.importorskip("trl")
 
-from nca_lab.llm.bench import run as bench  # noqa: E402
+from nca_lab.llm.bench.agreement import check_loss_agreement  # noqa: E402
+from nca_lab.llm.bench.configs import LOSS_TOLERANCE, BenchConfig  # noqa: E402
+from nca_lab.llm.bench.profiling import profile_group  # noqa: E402
+from nca_lab.llm.bench.rows import best_rest_pairs, untied_rows  # noqa: E402
+from nca_lab.llm.bench.run import main as bench_main, run_bench  # noqa: E402
 from nca_lab.llm.scale_run.run import build_model_and_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    cfg = bench.BenchConfig(size="tiny", steps=3, batch_size=2, seq_len=64, ablations=(
+    cfg = BenchConfig(size="tiny", steps=3, batch_size=2, seq_len=64, ablations=(
         "packing flipped", "online reference (precompute off)", "full logits (chunked head off)",
         "sync checks in the step (sync-free off)", "precision flipped",
         "shared prompt (prompt once per K responses)"), profile_steps=2)
-    rec = bench.run_bench(cfg, out, command="pytest", progress=False)
+    rec = run_bench(cfg, out, command="pytest", progress=False)
     return out, rec
 
 
@@ -90,28 +94,28 @@ def test_loss_agreement_passes_like_for_like_and_fails_otherwise(tiny_bench, tmp
     out, rec = tiny_bench
     ag = rec["loss_agreement"]
     assert ag["agree"] and ag["token_sequences_identical"]
-    assert all(p["max_abs_diff"] <= bench.LOSS_TOLERANCE for p in ag["pairs"])
+    assert all(p["max_abs_diff"] <= LOSS_TOLERANCE for p in ag["pairs"])
     # the same check with TRL at twice the beta must fail: the step-2 losses then differ
     rows = [json.loads(line) for line in (out / "data_k2.jsonl").read_text().splitlines()]
-    bad = bench.check_loss_agreement(str(out / "model"), str(out / "data_k2.jsonl"), bench.best_rest_pairs(rows),
-                                     tmp_path, steps=2, batch_size=2, seq_len=64, lr=1e-3, beta=0.1, seed=0,
-                                     trl_beta=0.2)
+    bad = check_loss_agreement(str(out / "model"), str(out / "data_k2.jsonl"), best_rest_pairs(rows),
+                               tmp_path, steps=2, batch_size=2, seq_len=64, lr=1e-3, beta=0.1, seed=0,
+                               trl_beta=0.2)
     assert not bad["agree"] and bad["token_sequences_identical"]
-    assert all(p["max_abs_diff"] > bench.LOSS_TOLERANCE for p in bad["pairs"])
+    assert all(p["max_abs_diff"] > LOSS_TOLERANCE for p in bad["pairs"])
 
 
 def test_best_rest_pairs_and_untied_rows():
     rows = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "rewards": [0.2, 0.9, 0.1, 0.5]}]
-    assert bench.best_rest_pairs(rows) == [{"prompt": "p", "chosen": "b", "rejected": r} for r in ("a", "c", "d")]
+    assert best_rest_pairs(rows) == [{"prompt": "p", "chosen": "b", "rejected": r} for r in ("a", "c", "d")]
     _, tok = build_model_and_tokenizer("tiny")
-    got = bench.untied_rows(tok, 7, 4, 64, seed=3)
+    got = untied_rows(tok, 7, 4, 64, seed=3)
     assert len(got) == 7 and all(len(set(r["rewards"])) == 4 for r in got)
 
 
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="ablations: unknown"):
-        bench.run_bench(bench.BenchConfig(size="tiny", ablations=("warp drive",)), tmp_path)
-    assert bench.main(["--out", str(tmp_path), "--size", "tiny", "--ablations", "warp drive"]) == 2
+        run_bench(BenchConfig(size="tiny", ablations=("warp drive",)), tmp_path)
+    assert bench_main(["--out", str(tmp_path), "--size", "tiny", "--ablations", "warp drive"]) == 2
 
 
 def test_partial_record_and_profile(tiny_bench):
@@ -139,4 +143,4 @@ def test_partial_record_and_profile(tiny_bench):
     ("aten::mul", "normalisation and elementwise"), ("aten::embedding_dense_backward", "other"),
 ])
 def test_profile_groups(name, group):
-    assert bench.profile_group(name) == group
+    assert profile_group(name) == group

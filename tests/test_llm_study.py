@@ -9,7 +9,11 @@ import shlex
 
 import pytest
 
-from nca_lab.llm.study import pipeline as study
+from nca_lab.llm.study.pipeline import run_study
+from nca_lab.llm.study.recipe import METHODS, grid_settings, load_study_config, recipe_path, train_argv
+from nca_lab.llm.study.report import claims
+from nca_lab.llm.study.stages import RECORD_KEYS, STAGES
+from nca_lab.llm.study.stats import compare, select_best, std, summarise
 from nca_lab.llm.config import config_from_args
 
 
@@ -19,20 +23,20 @@ from nca_lab.llm.config import config_from_args
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("study_tiny")
-    result = study.run_study("tiny", out=str(out / "work"), results_dir=str(out / "results"),
-                             figures_dir=str(out / "figures"), progress=False,
-                             command="python -m nca_lab.llm.study --scale tiny")
+    result = run_study("tiny", out=str(out / "work"), results_dir=str(out / "results"),
+                       figures_dir=str(out / "figures"), progress=False,
+                       command="python -m nca_lab.llm.study --scale tiny")
     return out, result
 
 
 def test_tiny_pipeline_runs_every_stage_and_writes_results(tiny_result):
     out, result = tiny_result
-    cfg = study.load_study_config(study.recipe_path("tiny"))
+    cfg = load_study_config(recipe_path("tiny"))
     on_disk = json.loads((out / "results" / "study_tiny.json").read_text(),
                          parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert on_disk["summary"] == json.loads(json.dumps(result["summary"]))
     # every stage left its trace
-    assert set(on_disk["timings"]) >= {f"{s}_s" for s in study.STAGES} | {"total_s"}
+    assert set(on_disk["timings"]) >= {f"{s}_s" for s in STAGES} | {"total_s"}
     assert on_disk["base_policy"]["steps_done"] == cfg.base["steps"]
     assert {"accuracy", "reward"} <= set(on_disk["base_policy"]["test"])
     assert on_disk["skipped"] == []
@@ -46,12 +50,12 @@ def test_tiny_pipeline_runs_every_stage_and_writes_results(tiny_result):
             assert row["responses"] == by_prompt[row["prompt"]]["responses"][:2]
             assert row["rewards"] == by_prompt[row["prompt"]]["rewards"][:2]
     runs = on_disk["runs"]
-    n_grid = sum(len(study.grid_settings(m, cfg.grids[m])) for m in cfg.methods) * len(cfg.ks)
+    n_grid = sum(len(grid_settings(m, cfg.grids[m])) for m in cfg.methods) * len(cfg.ks)
     n_final = len(cfg.methods) * len(cfg.ks) * len(cfg.seeds)
     # the sweep's run is reused as the sweep seed's final run
     assert len(runs) == n_grid + n_final - len(cfg.methods) * len(cfg.ks)
     for rec in runs:
-        for key in study.RECORD_KEYS:
+        for key in RECORD_KEYS:
             assert key in rec, (rec["run_id"], key)
         assert rec["device"].startswith("cpu")
         assert all(math.isfinite(rec[m]) for m in ("accuracy", "reward", "kl"))
@@ -62,7 +66,7 @@ def test_tiny_pipeline_runs_every_stage_and_writes_results(tiny_result):
         argv = shlex.split(rec["train_command"])[3:]
         assert argv[:2] == ["--model", on_disk["base_policy"]["path"]]
         parsed = config_from_args(argv)
-        assert parsed.loss == study.METHODS[rec["method"]].loss and parsed.seed == rec["seed"]
+        assert parsed.loss == METHODS[rec["method"]].loss and parsed.seed == rec["seed"]
         if rec["beta"] is not None:
             assert parsed.beta == rec["beta"]
     finals = [r for r in runs if r["test"] is not None]
@@ -85,8 +89,8 @@ def test_tiny_pipeline_runs_every_stage_and_writes_results(tiny_result):
 
 def test_report_stage_alone_rebuilds_results_from_state(tiny_result, tmp_path):
     out, result = tiny_result
-    again = study.run_study("tiny", out=str(out / "work"), stages=["report"], results_dir=str(tmp_path),
-                            figures_dir=str(tmp_path / "figs"), progress=False)
+    again = run_study("tiny", out=str(out / "work"), stages=["report"], results_dir=str(tmp_path),
+                      figures_dir=str(tmp_path / "figs"), progress=False)
     assert again["summary"] == result["summary"]
     assert (tmp_path / "study_tiny.json").is_file()
 
@@ -94,7 +98,7 @@ def test_report_stage_alone_rebuilds_results_from_state(tiny_result, tmp_path):
 def test_fresh_study_refuses_non_empty_out(tiny_result):
     out, _ = tiny_result
     with pytest.raises(ValueError, match="not empty"):
-        study.run_study("tiny", out=str(out / "work"), progress=False)
+        run_study("tiny", out=str(out / "work"), progress=False)
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -107,16 +111,16 @@ def _sweep_record(reward, accuracy, kl):
 def test_select_best_by_reward_then_accuracy_then_kl_then_order():
     a, b, c, d = (_sweep_record(0.5, 0.2, 1.0), _sweep_record(0.6, 0.1, 3.0), _sweep_record(0.6, 0.3, 2.0),
                   _sweep_record(0.6, 0.3, 1.5))
-    assert study.select_best([a, b, c, d]) is d
-    assert study.select_best([a, b, c, d], "accuracy") is d
-    assert study.select_best([a, b]) is b
-    assert study.select_best([a, b], "accuracy") is a
+    assert select_best([a, b, c, d]) is d
+    assert select_best([a, b, c, d], "accuracy") is d
+    assert select_best([a, b]) is b
+    assert select_best([a, b], "accuracy") is a
     twin = _sweep_record(0.6, 0.3, 1.5)
-    assert study.select_best([d, twin]) is d  # full tie: the earlier grid point
+    assert select_best([d, twin]) is d  # full tie: the earlier grid point
     with pytest.raises(ValueError, match="candidates"):
-        study.select_best([])
+        select_best([])
     with pytest.raises(ValueError, match="metric"):
-        study.select_best([a], "kl")
+        select_best([a], "kl")
 
 
 def _final(method, k, seed, accuracy, reward=0.5, kl=1.0, best=0.1):
@@ -128,7 +132,7 @@ def _final(method, k, seed, accuracy, reward=0.5, kl=1.0, best=0.1):
 def test_summarise_mean_and_sample_std_over_seeds():
     recs = [_final("nca", 4, s, acc) for s, acc in enumerate((0.1, 0.2, 0.6))]
     recs.append({**_final("nca", 4, 9, 0.9), "test": None})  # a sweep-only record: not a final run
-    (row,) = study.summarise(recs)
+    (row,) = summarise(recs)
     assert row["n_seeds"] == 3 and row["seeds"] == [0, 1, 2]
     assert row["accuracy"]["mean"] == pytest.approx(0.3)
     # sample std (n - 1): deviations -0.2, -0.1, 0.3 -> sqrt(0.14 / 2)
@@ -137,14 +141,14 @@ def test_summarise_mean_and_sample_std_over_seeds():
 
 def test_compare_verdicts_use_two_standard_errors():
     def row(values):
-        return {"accuracy": {"mean": sum(values) / len(values), "std": study._std(values), "n": len(values)}}
+        return {"accuracy": {"mean": sum(values) / len(values), "std": std(values), "n": len(values)}}
 
-    clear = study.compare(row([0.5, 0.52, 0.54]), row([0.1, 0.12, 0.14]), "accuracy")
+    clear = compare(row([0.5, 0.52, 0.54]), row([0.1, 0.12, 0.14]), "accuracy")
     assert clear["verdict"] == "higher" and clear["delta"] == pytest.approx(0.4)
     assert clear["se"] == pytest.approx(math.sqrt(2 * 0.02 ** 2 / 3))
-    assert study.compare(row([0.1, 0.12, 0.14]), row([0.5, 0.52, 0.54]), "accuracy")["verdict"] == "lower"
-    assert study.compare(row([0.1, 0.5, 0.3]), row([0.2, 0.4, 0.35]), "accuracy")["verdict"] == "not separated"
-    assert study.compare(row([0.1]), row([0.2, 0.3]), "accuracy")["verdict"] == "n < 2"
+    assert compare(row([0.1, 0.12, 0.14]), row([0.5, 0.52, 0.54]), "accuracy")["verdict"] == "lower"
+    assert compare(row([0.1, 0.5, 0.3]), row([0.2, 0.4, 0.35]), "accuracy")["verdict"] == "not separated"
+    assert compare(row([0.1]), row([0.2, 0.3]), "accuracy")["verdict"] == "n < 2"
 
 
 def test_claims_pick_the_right_pairs():
@@ -152,7 +156,7 @@ def test_claims_pick_the_right_pairs():
     for s in range(3):
         recs += [_final("nca", 4, s, 0.5 + 0.01 * s, best=0.5), _final("dpo", 4, s, 0.1 + 0.01 * s, best=-2.0),
                  _final("nca", 2, s, 0.3 + 0.01 * s, best=0.4), _final("dpo", 2, s, 0.2 + 0.01 * s, best=-1.0)]
-    out = study.claims(study.summarise(recs), {"accuracy": 0.2, "reward": 0.5})
+    out = claims(summarise(recs), {"accuracy": 0.2, "reward": 0.5})
     c1 = {(e["a"], e["b"], e["metric"]): e for e in out["1_reward_data"]}
     assert c1["nca K=4", "dpo K=4", "accuracy"]["verdict"] == "higher"
     c2 = {(e["a"], e["metric"]): e for e in out["2_suboptimal_responses"]}
@@ -168,21 +172,21 @@ def test_claims_pick_the_right_pairs():
 
 
 def test_grid_settings_include_fixed_hyperparameters_and_every_point():
-    points = study.grid_settings("nca", {"beta": [0.1, 0.3], "alpha": [0.5, 1.0]})
+    points = grid_settings("nca", {"beta": [0.1, 0.3], "alpha": [0.5, 1.0]})
     assert points == [{"beta": 0.1, "alpha": 0.5}, {"beta": 0.1, "alpha": 1.0},
                       {"beta": 0.3, "alpha": 0.5}, {"beta": 0.3, "alpha": 1.0}]
-    assert study.grid_settings("dpo_all", {"beta": [0.1]}) == [{"pairs": "all", "beta": 0.1}]
-    assert study.grid_settings("clha", {"margin": [0.3]}) == [{"min_gap": 0.0, "margin": 0.3}]
+    assert grid_settings("dpo_all", {"beta": [0.1]}) == [{"pairs": "all", "beta": 0.1}]
+    assert grid_settings("clha", {"margin": [0.3]}) == [{"min_gap": 0.0, "margin": 0.3}]
 
 
-@pytest.mark.parametrize("method", list(study.METHODS))
+@pytest.mark.parametrize("method", list(METHODS))
 def test_train_argv_parses_to_the_method_and_setting(method, tmp_path):
-    cfg = study.load_study_config(study.recipe_path("cpu"))
-    setting = study.grid_settings(method, cfg.grids[method])[0]
-    argv = study.train_argv(model="m", data="d.jsonl", method=method, setting=setting, seed=3,
+    cfg = load_study_config(recipe_path("cpu"))
+    setting = grid_settings(method, cfg.grids[method])[0]
+    argv = train_argv(model="m", data="d.jsonl", method=method, setting=setting, seed=3,
                             output_dir=str(tmp_path / "o"), ref_cache_dir=str(tmp_path / "r"), align=cfg.align)
     parsed = config_from_args(argv)
-    assert parsed.loss == study.METHODS[method].loss and parsed.seed == 3
+    assert parsed.loss == METHODS[method].loss and parsed.seed == 3
     for name, value in setting.items():
         assert getattr(parsed, name) == value
     for name, value in cfg.align.items():
@@ -191,23 +195,23 @@ def test_train_argv_parses_to_the_method_and_setting(method, tmp_path):
 
 @pytest.mark.parametrize("scale", ["tiny", "cpu", "gpu"])
 def test_recipes_load_and_cover_every_method(scale):
-    cfg = study.load_study_config(study.recipe_path(scale))
+    cfg = load_study_config(recipe_path(scale))
     assert cfg.scale == scale
     if scale != "tiny":
-        assert set(cfg.methods) == set(study.METHODS) and cfg.ks == [2, 4] and len(cfg.seeds) >= 3
+        assert set(cfg.methods) == set(METHODS) and cfg.ks == [2, 4] and len(cfg.seeds) >= 3
 
 
 def test_bad_recipe_is_a_value_error_naming_the_key(tmp_path):
-    good = (study.recipe_path("tiny")).read_text()
+    good = (recipe_path("tiny")).read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.replace("  max_steps: 2", "  max_steps: 2\n  loss: dpo"))
     with pytest.raises(ValueError, match="align: unknown key 'loss'"):
-        study.load_study_config(bad)
+        load_study_config(bad)
     bad.write_text(good.replace("methods: [dpo,", "methods: [kto, dpo,"))
     with pytest.raises(ValueError, match="unknown method 'kto'"):
-        study.load_study_config(bad)
+        load_study_config(bad)
     with pytest.raises(ValueError, match="does not exist"):
-        study.load_study_config(tmp_path / "missing.yaml")
+        load_study_config(tmp_path / "missing.yaml")
 
 
 def test_resume_completes_what_a_time_budget_skipped(tiny_result, tmp_path):
@@ -227,8 +231,8 @@ def test_resume_completes_what_a_time_budget_skipped(tiny_result, tmp_path):
             dropped.append(rec["run_id"])
     state["skipped"] = [f"seeds: {rid} (time budget)" for rid in dropped]
     state_path.write_text(json.dumps(state))
-    resumed = study.run_study("tiny", out=str(work), stages=["seeds", "report"], resume=True,
-                              results_dir=str(tmp_path), figures_dir=str(tmp_path / "figs"), progress=False)
+    resumed = run_study("tiny", out=str(work), stages=["seeds", "report"], resume=True,
+                        results_dir=str(tmp_path), figures_dir=str(tmp_path / "figs"), progress=False)
     assert resumed["skipped"] == []
     by_id = {r["run_id"]: r for r in resumed["runs"]}
     before = {r["run_id"]: r for r in result["runs"]}

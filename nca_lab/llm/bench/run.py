@@ -1,104 +1,27 @@
-"""``python -m nca_lab.llm.bench``: nca_lab's trainer against TRL's ``DPOTrainer``, side by side in one process.
-
-One command builds a ``LlamaForCausalLM`` from a config (random weights, seeded; sizes in
-:data:`nca_lab.llm.scale_run.run.SIZES`, ``0.5b`` on a GPU), saves it with the offline tokenizer, generates
-scored data with varied lengths (:func:`nca_lab.llm.scale_run.run.generate_rows`) and trains the *same* saved
-model on the *same* data, batch and sequence lengths for a fixed number of steps with:
-
-* nca_lab (``python -m nca_lab.llm.train``'s in-process entry point ``config_from_args`` + ``run``), losses
-  ``dpo`` and ``nca_pair``, in its base configuration — response-only chunked log-softmax, precomputed
-  reference, no host-device synchronisation inside the step; on a GPU also padding-free packing
-  (``flex_attention``) and bf16 mixed precision — and with each of these flipped in turn, plus the
-  shared-prompt layout and ``torch.compile`` switched on;
-* TRL ``DPOTrainer`` with ``loss_type="sigmoid"`` and ``"nca_pair"``, ``precompute_ref_log_probs`` off and on;
-* the K = 4 dataset: nca_lab's ``nca`` and ``infonca`` over the K = 4 rows (``nca`` also with the shared
-  prompt) against TRL (its fastest K = 2 configuration) over the same rows expanded to best-vs-rest pairs,
-  one pass each.
-
-Definitions (also written into the JSON):
-
-* tokens = dataset tokens: per sequence, prompt + response tokens (BOS/EOS included, no padding; the prompt is
-  counted once per response, as TRL sees it). tokens/s = tokens / (reference precompute + ``train_runtime``),
-  both measured in the run: TRL's precompute runs in its constructor and is timed there.
-* pairs/s = preference pairs per second: one per prompt at K = 2; K − 1 (best vs rest) per prompt at K = 4.
-* peak memory = ``torch.cuda.max_memory_allocated`` from the trainer's construction to the end of training
-  (reset before each configuration). On a CPU it is not measured (``null``): the process's RSS peak cannot be
-  attributed to one configuration.
-* MFU = (6·N·tokens for the policy's forward and backward + 2·N·tokens for the reference forward) / seconds /
-  peak bf16 dense FLOP/s of the GPU (:data:`PEAK_FLOPS`; ``null`` on CPU or an unknown GPU). N = parameters
-  without the input embedding (a lookup); attention's T² term is left out, as in the usual 6N rule.
-* loss agreement: separate 2-step float32 runs of nca_lab ``dpo``/``nca_pair`` and TRL ``sigmoid``/``nca_pair``
-  (precomputed reference, ``logging_steps=1``, same seed hence the same sampler order): the loss logged at
-  step 2 — after the first optimizer step — must agree within :data:`LOSS_TOLERANCE`; the token sequences each
-  trainer built are compared too (``token_sequences_identical``).
-
-* profile (``--profile-steps N``): nca_lab's base ``dpo`` configuration run again for N steps under
-  ``torch.profiler``, outside the timed runs; operators' self time (CUDA kernels on a GPU) grouped into matmul,
-  attention, loss head, optimizer, copies, elementwise, data loading and other — what bounds the step where a
-  target is missed.
-
-Results: ``OUT/bench.json`` (every number, the command, device, versions) and ``OUT/bench.md`` (tables);
-``OUT/bench_partial.json`` after every configuration, so a run cut off by a time limit keeps what it measured.
-"""
+"""``run_bench``: every configuration of the benchmark on one saved model and its data, the record
+(``bench.json``, ``bench.md``) with its ratios; and the command line ``python -m nca_lab.llm.bench`` (:func:`main`)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import gc
-import io
 import json
 import math
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PEAK_FLOPS", "LOSS_TOLERANCE", "OURS_ABLATIONS", "BenchConfig", "run_bench", "main"]
+from nca_lab.llm.bench.agreement import check_loss_agreement
+from nca_lab.llm.bench.configs import LOSS_TOLERANCE, OURS_ABLATIONS, PEAK_FLOPS, BenchConfig, base_flags
+from nca_lab.llm.bench.profiling import profile_run
+from nca_lab.llm.bench.report import markdown_report
+from nca_lab.llm.bench.rows import best_rest_pairs, sequence_tokens, untied_rows, write_jsonl
+from nca_lab.llm.bench.trainers import run_ours, run_trl
+from nca_lab.llm.scale_run import run as sr
 
-# bf16 dense tensor-core peaks (FLOP/s), from the vendors' data sheets (no sparsity).
-PEAK_FLOPS = {"H100 SXM": 989.4e12, "H100 NVL": 835.0e12, "H100 PCIe": 756.0e12, "H100": 989.4e12,
-              "H200": 989.4e12, "A100": 312.0e12, "L40S": 362.0e12}
-
-# Loss at step 2 (after one AdamW step), float32, same data order: the two implementations differ only in
-# reduction order (padded vs packed attention, fused vs chunked head), ~1e-6 relative on each log-prob sum.
-LOSS_TOLERANCE = 1e-4
-
-# name -> flags that flip one of nca_lab's speed features relative to the base configuration (compile: on).
-# "packing flipped" turns the base's layout packed <-> padded (see base_flags); "precision flipped" turns bf16 mixed
-# precision off on a GPU (fp32) and on on a CPU (where the base is fp32).
-OURS_ABLATIONS: dict[str, tuple[str, ...]] = {
-    "packing flipped": (),
-    "full logits (chunked head off)": ("--full-logits",),
-    "online reference (precompute off)": ("--ref-mode", "online"),
-    "precision flipped": (),
-    "shared prompt (prompt once per K responses)": ("--no-packed", "--shared-prompt"),
-    "sync checks in the step (sync-free off)": ("--sync-checks",),
-    "torch.compile on": ("--torch-compile",),
-}
-
-
-@dataclasses.dataclass
-class BenchConfig:
-    size: str = "0.5b"
-    steps: int = 20
-    batch_size: int = 8  # prompts per step (K = 2: pairs per step)
-    seq_len: int = 512
-    k4_prompts: int | None = None  # None: steps * batch_size
-    lr: float = 1e-6
-    beta: float = 0.1
-    seed: int = 0
-    ablations: tuple[str, ...] = tuple(OURS_ABLATIONS)
-    packed: bool | None = None  # nca_lab's base layout; None: packed on a GPU, padded on a CPU (see base_flags)
-    trl: bool = True
-    agreement_steps: int = 2
-    profile_steps: int = 0  # > 0: profile nca_lab's base dpo configuration for this many steps (torch.profiler)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
+__all__ = ["run_bench", "main"]
 
 
 def _versions() -> dict[str, str | None]:
@@ -125,226 +48,6 @@ def _peak_flops(device_name: str) -> float | None:
     return None
 
 
-def _reset_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak_memory() -> int | None:
-    import torch
-
-    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
-
-
-def sequence_tokens(tokenizer, rows: list[dict]) -> int:
-    """Dataset tokens of generic rows as nca_lab tokenises them (prompt once per response + response + EOS)."""
-    from nca_lab.llm.data import records_from_list
-    from nca_lab.llm.tokenization import tokenize_dataset
-
-    records, _ = records_from_list(rows, schema="generic")
-    ds, _ = tokenize_dataset(records, tokenizer, max_length=10**9)
-    return sum(len(r["prompt_ids"]) * len(r["response_ids"]) + sum(map(len, r["response_ids"])) for r in ds)
-
-
-def best_rest_pairs(rows: list[dict]) -> list[dict]:
-    """TRL's view of K-response rows: the best response against every other one with a lower reward."""
-    pairs = []
-    for row in rows:
-        rewards = row["rewards"]
-        best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
-        for j, r in enumerate(rewards):
-            if j != best and r < rewards[best]:
-                pairs.append({"prompt": row["prompt"], "chosen": row["responses"][best],
-                              "rejected": row["responses"][j]})
-    return pairs
-
-
-def untied_rows(tokenizer, n: int, k: int, seq_len: int, seed: int) -> list[dict]:
-    """``n`` generated rows whose K rewards are all distinct (a tie carries no preference: TRL would still
-    train on an arbitrary order, nca_lab would skip it, and the comparison would not be like for like)."""
-    from nca_lab.llm.scale_run.run import generate_rows
-
-    rows, attempt = [], 0
-    while len(rows) < n:
-        batch = generate_rows(tokenizer, 2 * (n - len(rows)) + 4, k, seq_len, seed=seed + 1000 * attempt)
-        rows += [r for r in batch if len(set(r["rewards"])) == k]
-        attempt += 1
-        if attempt > 50:
-            raise RuntimeError("could not generate enough rows with distinct rewards")
-    return rows[:n]
-
-
-def _write_jsonl(rows: list[dict], path: Path) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-# ------------------------------------------------------------------------------------------- one run each
-
-
-def base_flags(packed: bool, gpu: bool) -> tuple[str, ...]:
-    """The layout flags of nca_lab's base configuration. Packed (padding-free) batches only pay with an attention
-    kernel that skips the masked blocks of the block-diagonal mask: flex_attention on a GPU. sdpa computes the
-    whole [L, L] score matrix of the packed row (L = every token of the batch): in the recorded CPU benchmark
-    runs (llm/bench/cpu_small*.json) packed batches with sdpa ran at 0.42-0.52x the tokens/s of padded ones; on a
-    CPU flex_attention has no backward (torch 2.13), so packed CPU runs use sdpa."""
-    if not packed:
-        return ("--no-packed",)
-    return ("--packed", "--attn-implementation", "flex_attention") if gpu else ("--packed",)
-
-
-def run_ours(model_dir: str, data: str, out: Path, *, loss: str, steps: int, batch_size: int, seq_len: int,
-             lr: float, beta: float, seed: int, bf16: bool, flags: tuple[str, ...] = (), logging_steps: int | None = None
-             ) -> dict[str, Any]:
-    """One nca_lab training run through the CLI's in-process entry point; seconds, memory, losses."""
-    from nca_lab.llm.config import config_from_args
-    from nca_lab.llm.train import run
-
-    argv = ["--model", model_dir, "--data", data, "--schema", "generic", "--output-dir", str(out), "--overwrite",
-            "--loss", loss, "--beta", repr(beta), "--max-steps", str(steps), "--batch-size", str(batch_size),
-            "--max-length", str(seq_len), "--lr", repr(lr), "--lr-scheduler", "constant", "--warmup-ratio", "0",
-            "--logging-steps", str(logging_steps or steps), "--save-strategy", "no", "--seed", str(seed),
-            "--bf16" if bf16 else "--no-bf16", *flags]
-    cfg = config_from_args(argv)
-    # A fresh output folder per run: the reference cache lives in it, and a cache left by an earlier
-    # configuration would let this one skip its reference precompute.
-    shutil.rmtree(out, ignore_errors=True)
-    _reset_memory()
-    with contextlib.redirect_stdout(io.StringIO()):
-        summary = run(cfg, command="python -m nca_lab.llm.train " + shlex.join(argv))
-    tp = summary["throughput"]
-    return {
-        "train_command": "python -m nca_lab.llm.train " + shlex.join(argv),
-        "reference_s": float(tp["reference_seconds"]), "train_s": float(tp["train_runtime_s"]),
-        "steps": int(tp["steps"]), "peak_memory_bytes": _peak_memory(),
-        "losses": [h["loss"] for h in summary["log_history"] if "loss" in h],
-        "tokens_seen": tp["tokens"],
-    }
-
-
-def _trl_tokens(trainer) -> list[tuple[list[int], list[int], list[int]]]:
-    ds = trainer.train_dataset
-    return [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in ds]
-
-
-def run_trl(model_dir: str, pairs: list[dict], out: Path, *, loss_type: str, precompute: bool, steps: int,
-            batch_size: int, seq_len: int, lr: float, beta: float, seed: int, bf16: bool,
-            logging_steps: int | None = None, return_tokens: bool = False) -> dict[str, Any]:
-    """One TRL ``DPOTrainer`` run on (prompt, chosen, rejected) strings; same quantities as :func:`run_ours`."""
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    from nca_lab.llm.train import _has_accelerator
-
-    timer = {"s": 0.0}
-
-    class TimedDPOTrainer(DPOTrainer):
-        # TRL computes the reference log-probs in its constructor: time exactly that part.
-        def _precompute_ref_logps(self, *args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return super()._precompute_ref_logps(*args, **kwargs)
-            finally:
-                timer["s"] += time.perf_counter() - t0
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    args = DPOConfig(
-        output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=bf16,
-        gradient_checkpointing=False, logging_steps=logging_steps or steps, save_strategy="no", report_to=[],
-        seed=seed, data_seed=seed, beta=beta, loss_type=[loss_type], precompute_ref_log_probs=precompute,
-        max_length=seq_len, dataloader_num_workers=0, use_cpu=not _has_accelerator(), disable_tqdm=True,
-    )
-    _reset_memory()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    with contextlib.redirect_stdout(io.StringIO()):
-        trainer = TimedDPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
-                                  processing_class=tokenizer)
-        output = trainer.train()
-    result = {
-        "trl_config": {"loss_type": loss_type, "precompute_ref_log_probs": precompute, "beta": beta, "bf16": bf16,
-                       "batch_size": batch_size, "max_length": seq_len, "gradient_checkpointing": False},
-        "reference_s": timer["s"], "train_s": float(output.metrics["train_runtime"]),
-        "steps": int(trainer.state.global_step), "peak_memory_bytes": _peak_memory(),
-        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-    }
-    if return_tokens:
-        result["token_sequences"] = _trl_tokens(trainer)
-    del trainer, model
-    _reset_memory()
-    return result
-
-
-# --------------------------------------------------------------------------------------------- the profile
-
-# Operator-name fragments -> what bounds the step; the first match wins (order matters: "log_softmax" before
-# attention's "_softmax", attention's "flash" kernels before "mm", "addmm" before the elementwise "add").
-PROFILE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("log-softmax / gather (loss head)", ("log_softmax", "logsumexp", "gather", "cross_entropy", "nll")),
-    ("attention", ("attention", "flash", "flex", "sdpa", "_softmax", "fmha")),
-    ("optimizer", ("adam", "foreach", "_fused")),
-    ("matmul (linear layers, LM head)", ("mm", "matmul", "linear", "gemm", "cublas", "cutlass", "sm90", "xmma")),
-    ("copies, casts, views", ("copy", "cast", "memcpy", "memset", "cat", "contiguous", "index", "as_strided",
-                              "view", "reshape", "transpose", "slice", "select", "empty", "expand")),
-    ("normalisation and elementwise", ("norm", "mul", "add", "silu", "sigmoid", "rsqrt", "pow", "mean", "exp",
-                                       "neg", "div", "sub", "where", "fill", "sum", "elementwise", "vectorized",
-                                       "reduce")),
-    ("data loading", ("dataloader", "collate")),
-)
-
-
-def profile_group(name: str) -> str:
-    low = name.lower()
-    for group, fragments in PROFILE_GROUPS:
-        if any(f in low for f in fragments):
-            return group
-    return "other"
-
-
-def profile_run(job, *, gpu: bool, top: int = 20) -> tuple[dict[str, Any], str]:
-    """Run ``job()`` under ``torch.profiler``; the operators' self time (CUDA kernels on a GPU, CPU ops on a CPU),
-    the top ``top`` operators with their share, and the shares per :data:`PROFILE_GROUPS` group. Returns (record,
-    the profiler's own table as text)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    with profile(activities=activities) as prof:
-        job()
-    if gpu:
-        torch.cuda.synchronize()
-    averages = prof.key_averages()
-    attr = "self_device_time_total" if gpu else "self_cpu_time_total"
-    rows = [(e.key, float(getattr(e, attr, 0.0) or 0.0), int(e.count)) for e in averages]
-    rows = [r for r in rows if r[1] > 0 and not r[0].startswith("ProfilerStep")]
-    total = sum(t for _, t, _ in rows) or 1.0
-    groups: dict[str, float] = {}
-    for name, t, _ in rows:
-        group = profile_group(name)
-        groups[group] = groups.get(group, 0.0) + t
-    rows.sort(key=lambda r: -r[1])
-    record = {
-        "time": "self CUDA time of kernels" if gpu else "self CPU time of operators",
-        "total_ms": round(total / 1e3, 3),
-        "groups": {g: round(t / total, 4) for g, t in sorted(groups.items(), key=lambda kv: -kv[1])},
-        "top": [{"name": n, "self_ms": round(t / 1e3, 3), "share": round(t / total, 4), "calls": c}
-                for n, t, c in rows[:top]],
-    }
-    table = averages.table(sort_by="self_device_time_total" if gpu else "self_cpu_time_total", row_limit=top)
-    return record, table
-
-
-# ------------------------------------------------------------------------------------------------ the bench
-
-
 def _rates(run: dict, tokens: int, pairs: int, flops_per_token: float, peak: float | None) -> dict:
     seconds = run["reference_s"] + run["train_s"]
     out = {"seconds": round(seconds, 3), "reference_s": round(run["reference_s"], 3),
@@ -358,54 +61,10 @@ def _rates(run: dict, tokens: int, pairs: int, flops_per_token: float, peak: flo
     return out
 
 
-def _our_tokens(model_dir: str, data: str, seq_len: int) -> list[tuple[list[int], list[int], list[int]]]:
-    """(prompt, best, worst) token ids per row as nca_lab's trainer builds them (K = 2 rows)."""
-    from transformers import AutoTokenizer
-
-    from nca_lab.llm.data import load_records
-    from nca_lab.llm.tokenization import tokenize_dataset
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    records, _ = load_records(data, schema="generic")
-    ds, _ = tokenize_dataset(records, tokenizer, max_length=seq_len)
-    out = []
-    for r in ds:
-        best = max(range(len(r["rewards"])), key=lambda i: (r["rewards"][i], -i))
-        out.append((list(r["prompt_ids"]), list(r["response_ids"][best]), list(r["response_ids"][1 - best])))
-    return out
-
-
-def check_loss_agreement(model_dir: str, data: str, pairs: list[dict], out: Path, *, steps: int, batch_size: int,
-                         seq_len: int, lr: float, beta: float, seed: int, flags: tuple[str, ...] = (),
-                         trl_beta: float | None = None) -> dict[str, Any]:
-    """nca_lab ``dpo``/``nca_pair`` against TRL ``sigmoid``/``nca_pair``: float32, precomputed reference, the
-    loss logged at every one of ``steps`` steps (step 2 is computed after the first optimizer step). Agreement:
-    every |difference| <= :data:`LOSS_TOLERANCE` and the token sequences both trainers built are identical.
-    ``trl_beta`` (tests only) gives TRL a different beta, which must break the agreement."""
-    common = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed)
-    ours_tokens = [tuple(t) for t in _our_tokens(model_dir, data, seq_len)]
-    result: dict[str, Any] = {"tolerance": LOSS_TOLERANCE, "dtype": "float32", "steps": steps, "pairs": []}
-    for ours_loss, trl_loss in (("dpo", "sigmoid"), ("nca_pair", "nca_pair")):
-        a = run_ours(model_dir, data, out / "agree", loss=ours_loss, bf16=False, logging_steps=1, flags=flags,
-                     beta=beta, **common)
-        b = run_trl(model_dir, pairs, out / "agree_trl", loss_type=trl_loss, precompute=True, bf16=False,
-                    logging_steps=1, return_tokens=True, beta=beta if trl_beta is None else trl_beta, **common)
-        same_length = len(a["losses"]) == len(b["losses"]) == steps
-        diff = max((abs(x - y) for x, y in zip(a["losses"], b["losses"])), default=math.inf)
-        result["pairs"].append({"nca_lab": ours_loss, "trl": trl_loss, "nca_lab_losses": a["losses"],
-                                "trl_losses": b["losses"], "max_abs_diff": diff,
-                                "agree": bool(same_length and diff <= LOSS_TOLERANCE)})
-        result["token_sequences_identical"] = [tuple(t) for t in b["token_sequences"]] == ours_tokens
-    result["agree"] = all(p["agree"] for p in result["pairs"]) and result["token_sequences_identical"]
-    return result
-
-
 def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = None, progress: bool = True) -> dict:
     """Run every configuration; write ``bench.json`` and ``bench.md`` into ``out_dir``; return the record."""
     import torch
     from tqdm.auto import tqdm
-
-    from nca_lab.llm.scale_run import run as sr
 
     if cfg.trl:
         try:
@@ -432,12 +91,12 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
     del model
     n2 = cfg.steps * cfg.batch_size
     rows2 = untied_rows(tokenizer, n2, 2, cfg.seq_len, cfg.seed)
-    data2 = _write_jsonl(rows2, out / "data_k2.jsonl")
+    data2 = write_jsonl(rows2, out / "data_k2.jsonl")
     pairs2 = best_rest_pairs(rows2)
     tokens2 = sequence_tokens(tokenizer, rows2)
     n4 = cfg.k4_prompts or n2
     rows4 = untied_rows(tokenizer, n4, 4, cfg.seq_len, cfg.seed + 1)
-    data4 = _write_jsonl(rows4, out / "data_k4.jsonl")
+    data4 = write_jsonl(rows4, out / "data_k4.jsonl")
     pairs4 = best_rest_pairs(rows4)
     tokens4_ours = sequence_tokens(tokenizer, rows4)
     tokens4_trl = sequence_tokens(tokenizer, [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]],
@@ -589,48 +248,10 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
     return record
 
 
-def _fmt_mem(b: int | None) -> str:
-    return "n/a" if b is None else f"{b / 2**30:.2f} GiB"
-
-
-def markdown_report(rec: dict) -> str:
-    """The tables of ``bench.md`` from a ``bench.json`` record."""
-    lines = [f"# Benchmark: nca_lab vs TRL ({rec['device_kind'].upper()} run)", "",
-             f"Device: {rec['device']}. Versions: " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items()) + ".",
-             f"Model: {rec['model']['size']}, {rec['model']['parameters']:,} parameters, {rec['model']['dtype']}.",
-             f"Command: `{rec['command']}`", ""]
-    for key in ("nca_lab_best_k2", "trl_best_k2", "speedup_tokens_per_s_vs_trl", "speedup_nca_pair_vs_trl_nca_pair", "speedup_k4_pass_vs_trl",
-                "speedup_k4_tokens_per_s_vs_trl", "memory_ratio_vs_trl", "mfu"):
-        if key in rec:
-            lines.append(f"- `{key}`: {rec[key]}")
-    ag = rec["loss_agreement"]
-    if "pairs" in ag:
-        lines.append(f"- loss agreement (float32, loss at steps 1..{ag['steps']}, tolerance {ag['tolerance']}): "
-                     + "; ".join(f"{p['nca_lab']} vs TRL {p['trl']}: max |diff| {p['max_abs_diff']:.2e}"
-                                 for p in ag["pairs"])
-                     + f"; identical token sequences: {ag['token_sequences_identical']}")
-    lines += ["", "## K = 2 (pairs)", "", "| configuration | tokens/s | pairs/s | seconds (ref + train) | peak memory | MFU |",
-              "|---|---|---|---|---|---|"]
-    for name, r in rec["k2"].items():
-        lines.append(f"| {name} | {r['tokens_per_s']} | {r['pairs_per_s']} | {r['reference_s']} + {r['train_s']} | "
-                     f"{_fmt_mem(r['peak_memory_bytes'])} | {r['mfu'] if r['mfu'] is not None else 'n/a'} |")
-    prof = rec.get("profile")
-    if prof:
-        lines += ["", f"## Profile: {prof['configuration']}, {prof['steps']} steps ({prof['time']}, "
-                      f"{prof['total_ms']} ms in all)", "", "| group | share |", "|---|---|"]
-        lines += [f"| {g} | {share:.1%} |" for g, share in prof["groups"].items()]
-        lines += ["", "| operator | self ms | share | calls |", "|---|---|---|---|"]
-        lines += [f"| `{t['name']}` | {t['self_ms']} | {t['share']:.1%} | {t['calls']} |" for t in prof["top"][:10]]
-    lines += ["", "## K = 4 (one pass over the scored data)", "",
-              "| configuration | seconds | tokens | tokens/s | pairs/s | peak memory |", "|---|---|---|---|---|---|"]
-    for name, r in rec["k4"].items():
-        lines.append(f"| {name} | {r['seconds']} | {r['tokens']} | {r['tokens_per_s']} | {r['pairs_per_s']} | "
-                     f"{_fmt_mem(r['peak_memory_bytes'])} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nca_lab.llm.bench", description=__doc__.split("\n")[0])
+    import nca_lab.llm.bench as bench_package
+
+    p = argparse.ArgumentParser(prog="python -m nca_lab.llm.bench", description=bench_package.__doc__.split("\n")[0])
     d = BenchConfig()
     p.add_argument("--out", required=True, help="folder for the model, data, runs, bench.json and bench.md")
     p.add_argument("--size", default=d.size, help="model size from nca_lab.llm.scale_run.run.SIZES")
@@ -661,7 +282,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(markdown_report(rec))
     return 0 if rec["loss_agreement"].get("agree", True) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -442,7 +442,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{record['loss_log']['first']} -> {record['loss_log']['last']}", flush=True)
     print(f"wrote {Path(args.out) / 'scale_run.json'}", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,27 @@
-"""The verifiable-reasoning study of the NCA paper's four claims (issue 5): an experiment that uses the trainer
-library (:mod:`nca_lab.llm.train` and the modules beside it) and is never imported by it.
+"""``python -m nca_lab.llm.study``: the verifiable-reasoning study of the NCA paper's four claims (issue 5).
 
-``python -m nca_lab.llm.study --scale tiny|cpu|gpu`` runs the whole pipeline (recipes ``llm/study/<scale>.yaml``,
-results ``llm/results/study_<scale>.json|.md``; see ``llm/study/README.md``).  Where each part lives:
+An experiment that uses the trainer library (:mod:`nca_lab.llm.train` and the modules beside it) and is never
+imported by it.  One driver process runs the pipeline from a recipe ``llm/study/<scale>.yaml`` (``tiny``,
+``cpu``, ``gpu``; every key in ``llm/study/README.md``), stage by stage (``--stages``):
 
-``task``         the arithmetic task, its exact verifier, the fixed splits and the character tokenizer;
-``base_policy``  the base policy μ, trained from scratch (``python -m nca_lab.llm.study.base_policy``);
-``sampling``     K responses per prompt from a policy, scored; Monte-Carlo KL
-                 (``python -m nca_lab.llm.study.sampling``);
-``pipeline``     the driver: recipes, stages, evaluation, statistics and the report (``python -m nca_lab.llm.study``);
-``plots``        the report's figures.
+``task``    the fixed splits and the character tokenizer of the arithmetic task;
+``base``    train the base policy μ from scratch and evaluate it on the test split;
+``sample``  K = 4 responses per training prompt from μ, scored by the exact verifier (K = 2: the first 2 of them);
+``sweep``   each grid point of each (method, K) with one seed, on the validation split; the best setting is chosen;
+``seeds``   the chosen setting with every seed, on the test split;
+``report``  summary table, claim-by-claim comparisons, figures, results JSON + Markdown.
+
+Where each part lives (modules of this package):
+
+``pipeline``     the driver: ``run_study`` and the command line;
+``stages``       one function per stage (each stage in detail);
+``state``        what ``<out>/state.json`` holds, the run records, μ and the rest the stages share;
+``recipe``       the recipes, the methods and their grids, the trainer's command line of one run;
+``evaluation``   accuracy, reward and KL(π‖μ) of a policy on a split; the change of log π of best / worst;
+``stats``        mean ± std over seeds, the choice of the best setting, the comparison of two methods;
+``report``       the four claims and the Markdown summary;
+``plots``        the figures;
+``task``         the arithmetic task, its exact verifier, the splits and the tokenizer;
+``base_policy``  μ's model and its training (``python -m nca_lab.llm.study.base_policy``);
+``sampling``     K scored responses per prompt, Monte-Carlo KL (``python -m nca_lab.llm.study.sampling``).
 """
