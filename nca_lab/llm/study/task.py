@@ -246,7 +246,10 @@ class Level:
 # how hard they are and μ's reward varies across prompts.  "easy" (CPU-scale runs): 2-3 operations on
 # single digits, whose arithmetic a sub-1M-parameter model picks up within minutes on a CPU.
 LEVELS: dict[str, Level] = {"standard": Level(difficulty=(2, 4), max_operand=99),
-                            "easy": Level(difficulty=(2, 3), max_operand=9)}
+                            "easy": Level(difficulty=(2, 3), max_operand=9),
+                            # the real pretrained instruct model (nca_lab.llm.real_model): 1-2 operations on
+                            # numbers up to 20, where SmolLM2-135M is right often enough for its samples to differ
+                            "chat": Level(difficulty=(1, 2), max_operand=20)}
 DIFFICULTY = LEVELS["standard"].difficulty
 SPLITS: dict[str, SplitSpec] = {  # the same seeds and sizes at every level
     "test": SplitSpec(seed=20_002, size=1_000),

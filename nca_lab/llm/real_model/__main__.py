@@ -1,0 +1,5 @@
+import sys
+
+from nca_lab.llm.real_model.pipeline import main
+
+sys.exit(main())

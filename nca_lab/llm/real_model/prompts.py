@@ -1,0 +1,71 @@
+"""The arithmetic task phrased for an instruct model, and a verifier that scores free text.
+
+**Problems** are the fixed splits of :mod:`nca_lab.llm.study.task` (level ``easy``: 2-3 operations on single
+digits, usual precedence, e.g. ``9+8*6``), so train, validation and test prompts are disjoint by construction.
+
+**Prompt** (a chat conversation, rendered by the model's own chat template)::
+
+    system: You are a careful calculator. Work the problem out step by step, then write the final line
+            exactly as 'Answer: N'.
+    user:   Compute 9 + 8 * 6.
+
+**Verifier** (:func:`score_text`), for free text, documented and tested on real SmolLM2 outputs:
+
+* **1.0** — the response states the final answer in the requested form, ``Answer: N`` (case-insensitive;
+  spaces, ``=`` instead of ``:``, markdown emphasis such as ``**Answer:** 11`` and a trailing period allowed;
+  the *last* such statement counts), and N is the true value;
+* **0.5** — no ``Answer: N`` statement, but the last integer in the text is the true value (right result,
+  format not followed: partial credit, so the K samples of a prompt differ in reward more often);
+* **0.0** — an ``Answer: N`` statement with a wrong N (a clear wrong answer is not rescued by a correct
+  number earlier in the text), no integer at all, or a last integer that is wrong.
+
+:func:`follows_format` says whether a response contains an ``Answer: N`` statement (format compliance).
+"""
+
+from __future__ import annotations
+
+import re
+
+from nca_lab.llm.study.task import Problem
+
+SYSTEM_PROMPT = ("You are a careful calculator. Work the problem out step by step, then write the final line "
+                 "exactly as 'Answer: N'.")
+
+# "Answer: 11", "answer = -3", "**Answer:** 11", "Answer: **11**." — the last one in the text counts
+_ANSWER = re.compile(r"answer\s*\**\s*[:=]\s*\**\s*(-?\d+)", re.IGNORECASE)
+_INTEGER = re.compile(r"-?\d+")
+
+
+def spaced(expression: str) -> str:
+    """``9+8*6`` → ``9 + 8 * 6`` (how a person writes it to a chat model)."""
+    return re.sub(r"([+\-*])", r" \1 ", expression)
+
+
+# One worked example (few-shot): shows the format and the length of a good answer.
+EXAMPLE = [{"role": "user", "content": "Compute 4 + 3 * 5."},
+           {"role": "assistant", "content": "3 * 5 = 15. 4 + 15 = 19.\nAnswer: 19"}]
+
+
+def chat_prompt(problem: Problem) -> list[dict[str, str]]:
+    """The conversation that asks ``problem``: system message, one worked example, the question."""
+    return [{"role": "system", "content": SYSTEM_PROMPT}, *EXAMPLE,
+            {"role": "user", "content": f"Compute {spaced(problem.expression)}."}]
+
+
+def stated_answer(text: str) -> int | None:
+    """The N of the last ``Answer: N`` statement, or None."""
+    found = _ANSWER.findall(text)
+    return int(found[-1]) if found else None
+
+
+def follows_format(text: str) -> bool:
+    return stated_answer(text) is not None
+
+
+def score_text(problem: Problem, text: str) -> float:
+    """The verifier reward of a free-text response (module docstring: 1.0, 0.5 or 0.0)."""
+    stated = stated_answer(text)
+    if stated is not None:
+        return 1.0 if stated == problem.answer else 0.0
+    numbers = _INTEGER.findall(text)
+    return 0.5 if numbers and int(numbers[-1]) == problem.answer else 0.0

