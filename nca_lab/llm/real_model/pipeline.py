@@ -49,14 +49,14 @@ class RealModelConfig:
     k: int = 4
     n_train: int = 256
     n_validation_base: int = 64         # base stage: K samples per validation prompt
-    n_validation: int = 64              # probe stage evaluation
+    n_validation: int = 100             # probe stage evaluation
     n_test: int = 200
     n_logp: int = 64                    # training prompts for Δ log π(best / worst)
     max_new_tokens: int = 32           # a correct worked answer takes ~20 tokens
     gen_batch_size: int = 128
     betas: tuple = (0.05, 0.2)
     probe_seed: int = 0
-    seeds: tuple = (1, 2)
+    seeds: tuple = (1, 2, 3)
     eval_seed: int = 1234
     sample_seed: int = 99
     train_flags: dict = field(default_factory=lambda: {
