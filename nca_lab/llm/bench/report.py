@@ -9,11 +9,19 @@ def _fmt_mem(b: int | None) -> str:
     return "n/a" if b is None else f"{b / 2**30:.2f} GiB"
 
 
+def _model_name(model: dict) -> str:
+    """The generated size, or the pretrained model with its provenance (e.g. the dequantised Q4_1 SmolLM2)."""
+    if model.get("pretrained") is None:
+        return str(model["size"])
+    packaged = model.get("packaged")
+    return f"{model['pretrained']} ({packaged['provenance']})" if packaged else str(model["pretrained"])
+
+
 def markdown_report(rec: dict) -> str:
     """The tables of ``bench.md`` from a ``bench.json`` record."""
     lines = [f"# Benchmark: nca_lab vs TRL ({rec['device_kind'].upper()} run)", "",
              f"Device: {rec['device']}. Versions: " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items()) + ".",
-             f"Model: {rec['model']['size']}, {rec['model']['parameters']:,} parameters, {rec['model']['dtype']}.",
+             f"Model: {_model_name(rec['model'])}, {rec['model']['parameters']:,} parameters, {rec['model']['dtype']}.",
              f"Command: `{rec['command']}`", ""]
     for key in ("nca_lab_best_k2", "trl_best_k2", "speedup_tokens_per_s_vs_trl", "speedup_nca_pair_vs_trl_nca_pair", "speedup_k4_pass_vs_trl",
                 "speedup_k4_tokens_per_s_vs_trl", "memory_ratio_vs_trl", "mfu"):

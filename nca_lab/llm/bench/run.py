@@ -19,6 +19,7 @@ from nca_lab.llm.bench.profiling import profile_run
 from nca_lab.llm.bench.report import markdown_report
 from nca_lab.llm.bench.rows import best_rest_pairs, sequence_tokens, untied_rows, write_jsonl
 from nca_lab.llm.bench.trainers import run_ours, run_trl
+from nca_lab.llm.packaged import model_provenance
 from nca_lab.llm.scale_run import run as sr
 
 __all__ = ["run_bench", "main"]
@@ -61,6 +62,29 @@ def _rates(run: dict, tokens: int, pairs: int, flops_per_token: float, peak: flo
     return out
 
 
+def pretrained_for_bench(model: str, model_dir: Path):
+    """A pretrained model (packaged-model name, hub id or path) in ``model_dir`` for both trainers: the weights
+    linked from the resolved folder (no copy), the tokenizer *without* its chat template, so that the generated
+    plain-text rows have the token lengths they were generated for and both trainers see the same ids."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nca_lab.llm.packaged import resolve_model
+
+    source = Path(resolve_model(model))
+    if not source.is_dir():
+        raise ValueError(f"--model {model}: the benchmark needs a local folder or a packaged-model name")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.suffix in (".safetensors", ".json") and not f.name.startswith("tokenizer") and f.name != "nca_lab_packaged.json":
+            target = model_dir / f.name
+            if not target.exists():
+                target.symlink_to(f.resolve())
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = None
+    return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32), tokenizer
+
+
 def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = None, progress: bool = True) -> dict:
     """Run every configuration; write ``bench.json`` and ``bench.md`` into ``out_dir``; return the record."""
     import torch
@@ -82,11 +106,14 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
     peak = _peak_flops(device) if gpu else None
     bf16 = gpu  # bf16 mixed precision where it pays; the CPU run stays float32
 
-    model, tokenizer = sr.build_model_and_tokenizer(cfg.size, seed=cfg.seed)
+    model_dir = out / "model"
+    if cfg.model is None:
+        model, tokenizer = sr.build_model_and_tokenizer(cfg.size, seed=cfg.seed)
+        model.save_pretrained(model_dir)
+    else:
+        model, tokenizer = pretrained_for_bench(cfg.model, model_dir)
     n_params = sum(p.numel() for p in model.parameters())
     n_flop_params = n_params - model.get_input_embeddings().weight.numel()
-    model_dir = out / "model"
-    model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     del model
     n2 = cfg.steps * cfg.batch_size
@@ -202,8 +229,9 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path, *, command: str | None = No
         "device": device, "device_kind": device_kind, "command": command, "versions": _versions(),
         "config": dataclasses.asdict(cfg),
         "nca_lab_base_flags": list(base),
-        "model": {"size": cfg.size, "parameters": n_params, "flop_parameters_N": n_flop_params,
-                  "config": sr.SIZES[cfg.size], "dtype": "bf16 mixed precision (fp32 weights)" if bf16 else "float32"},
+        "model": {"size": cfg.size if cfg.model is None else None, "pretrained": cfg.model,
+                  "packaged": model_provenance(cfg.model), "parameters": n_params, "flop_parameters_N": n_flop_params,
+                  "config": sr.SIZES[cfg.size] if cfg.model is None else None, "dtype": "bf16 mixed precision (fp32 weights)" if bf16 else "float32"},
         "data": {"k2_prompts": n2, "k2_tokens": tokens2, "k4_prompts": n4, "k4_tokens_nca_lab": tokens4_ours,
                  "k4_pairs_trl": len(pairs4), "k4_tokens_trl": tokens4_trl},
         "definitions": {
@@ -255,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     d = BenchConfig()
     p.add_argument("--out", required=True, help="folder for the model, data, runs, bench.json and bench.md")
     p.add_argument("--size", default=d.size, help="model size from nca_lab.llm.scale_run.run.SIZES")
+    p.add_argument("--model", default=None, help="benchmark a pretrained model instead of --size: a packaged-model "
+                                                 "name (smollm2-135m-instruct), hub id or local folder")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
@@ -271,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                         "writes the record's 'profile' and OUT/profile.txt")
     a = p.parse_args(argv)
     ablations = tuple(x.strip() for x in a.ablations.split(",") if x.strip())
-    cfg = BenchConfig(size=a.size, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, k4_prompts=a.k4_prompts,
+    cfg = BenchConfig(size=a.size, model=a.model, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, k4_prompts=a.k4_prompts,
                       lr=a.lr, seed=a.seed, ablations=ablations, packed=a.packed, trl=not a.no_trl,
                       profile_steps=a.profile_steps)
     command = "python -m nca_lab.llm.bench " + shlex.join(sys.argv[1:] if argv is None else argv)

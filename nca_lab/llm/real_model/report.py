@@ -80,9 +80,10 @@ def markdown(exp: Experiment, summary: dict, scale: str) -> str:
                   f"{sample['responses_cut_at_max_new_tokens']} responses cut at {cfg.max_new_tokens} tokens.", ""]
     probes = [r for r in st["runs"].values() if r["stage"] == "probe"]
     if probes:
-        lines += ["## β probe (validation, seed %d; not reused as a final run)" % cfg.probe_seed, "",
-                  "| method | β | accuracy | reward | KL(π‖μ) |", "|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['beta']:g} | {r['accuracy']:.3f} | {r['reward']:.3f} | {r['kl']:.3f} |"
+        lines += ["## β probe (%d validation prompts, one sample each, seed %d; not reused as a final run)"
+                  % (cfg.n_validation, cfg.probe_seed), "",
+                  "| method | β | mean sampled reward | format | KL(π‖μ) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['beta']:g} | {r['reward']:.3f} | {r['format']:.3f} | {r['kl']:.3f} |"
                   for r in probes]
         lines.append("")
     if summary["methods"]:

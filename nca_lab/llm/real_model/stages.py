@@ -13,23 +13,28 @@ from nca_lab.llm.real_model.pipeline import METHODS, Experiment, elapsed
 from nca_lab.llm.real_model.prompts import chat_prompt, follows_format, score_text
 
 
-def evaluate(exp: Experiment, policy, split: str, n: int, *, kl: bool) -> dict:
-    """Greedy accuracy and one temperature-1 sample per prompt (mean reward, KL(π‖μ) from the samples) on the
-    first ``n`` prompts of ``split``, with per-prompt outcomes; the same seed for every policy."""
+def evaluate(exp: Experiment, policy, split: str, n: int, *, kl: bool, greedy: bool = True) -> dict:
+    """Greedy accuracy (``greedy``) and one temperature-1 sample per prompt (mean reward, KL(π‖μ) from the
+    samples) on the first ``n`` prompts of ``split``, with per-prompt outcomes; the same seed for every policy."""
     cfg, tok = exp.cfg, exp.tokenizer
     problems = exp.problems(split, n)
     prompts = prompt_ids(tok, [chat_prompt(p) for p in problems])
-    _, greedy = generate(policy, tok, prompts, sample=False, max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.gen_batch_size, seed=cfg.eval_seed, desc=f"greedy {split}")
+    greedy_texts = generate(policy, tok, prompts, sample=False, max_new_tokens=cfg.max_new_tokens,
+                            batch_size=cfg.gen_batch_size, seed=cfg.eval_seed, desc=f"greedy {split}")[1] \
+        if greedy else None
     ids, sampled = generate(policy, tok, prompts, sample=True, max_new_tokens=cfg.max_new_tokens,
                             batch_size=cfg.gen_batch_size, seed=cfg.eval_seed, desc=f"samples {split}")
-    correct = [score_text(p, t) == 1.0 for p, t in zip(problems, greedy)]
     rewards = [score_text(p, t) for p, t in zip(problems, sampled)]
-    out = {"split": split, "n": n, "accuracy": statistics.mean(correct), "reward": statistics.mean(rewards),
+    out = {"split": split, "n": n, "reward": statistics.mean(rewards),
            "format": statistics.mean(map(follows_format, sampled)),
-           "per_prompt": {"id": [p.id for p in problems], "correct": [int(c) for c in correct], "reward": rewards},
-           "examples": [{"problem": p.id, "answer": p.answer, "greedy": g, "sample": s}
-                        for p, g, s in list(zip(problems, greedy, sampled))[:5]]}
+           "per_prompt": {"id": [p.id for p in problems], "reward": rewards},
+           "examples": [{"problem": p.id, "answer": p.answer, "sample": s} for p, s in list(zip(problems, sampled))[:5]]}
+    if greedy:
+        correct = [score_text(p, t) == 1.0 for p, t in zip(problems, greedy_texts)]
+        out["accuracy"] = statistics.mean(correct)
+        out["per_prompt"]["correct"] = [int(c) for c in correct]
+        for example, text in zip(out["examples"], greedy_texts):
+            example["greedy"] = text
     if kl:
         keep = [i for i, r in enumerate(ids) if r]
         pad = tok.pad_token_id
@@ -127,7 +132,7 @@ def align(exp: Experiment, method: str, beta: float, seed: int, stage: str) -> d
     policy = exp.policy(str(run_dir))
     cfg = exp.cfg
     if stage == "probe":
-        ev = evaluate(exp, policy, "validation", cfg.n_validation, kl=True)
+        ev = evaluate(exp, policy, "validation", cfg.n_validation, kl=True, greedy=False)
     else:
         ev = evaluate(exp, policy, "test", cfg.n_test, kl=True)
         ev.update(logp_changes(exp, policy))
@@ -141,7 +146,7 @@ def align(exp: Experiment, method: str, beta: float, seed: int, stage: str) -> d
            "command": summary["command"]}
     exp.state["runs"][rid] = rec
     exp.save()
-    print(f"{rid}: accuracy {rec['accuracy']:.3f} reward {rec['reward']:.3f} kl {rec['kl']:.3f} "
+    print(f"{rid}: accuracy {rec.get('accuracy', float('nan')):.3f} reward {rec['reward']:.3f} kl {rec['kl']:.3f} "
           f"({train_s:.0f} s train, {rec['eval_seconds']:.0f} s eval)", flush=True)
     return rec
 
@@ -177,7 +182,7 @@ def logp_changes(exp: Experiment, policy) -> dict:
 
 def chosen_beta(exp: Experiment, method: str) -> float:
     probes = [exp.state["runs"][f"probe-{method}-b{b:g}-s{exp.cfg.probe_seed}"] for b in exp.cfg.betas]
-    return max(probes, key=lambda r: (r["reward"], r["accuracy"]))["beta"]
+    return max(probes, key=lambda r: (r["reward"], -r["kl"]))["beta"]  # ties: the smaller move from μ
 
 
 def stage_probe(exp: Experiment, **_) -> None:

@@ -325,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from nca_lab.llm.study.task import load_splits
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model", required=True, help="directory of a saved model + tokenizer (μ)")
+    parser.add_argument("--model", required=True, help="μ: a saved model + tokenizer directory, a hub id or a "
+                        "packaged-model name (nca_lab.llm.packaged, e.g. smollm2-135m-instruct)")
     parser.add_argument("--out", required=True, help="output JSONL path")
     parser.add_argument("--split", default="train", choices=("train", "validation", "test"))
     parser.add_argument("--level", default="standard", help="task level (nca_lab.llm.study.task.LEVELS)")
@@ -338,8 +339,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model).to(args.device)
+    from nca_lab.llm.packaged import resolve_model
+
+    model_path = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).to(args.device)
     problems = load_splits(level=args.level)[args.split][:args.n_prompts]
     summary = sample_scored_jsonl(model, tokenizer, problems, args.out, k=args.k, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
