@@ -144,3 +144,24 @@ def test_partial_record_and_profile(tiny_bench):
 ])
 def test_profile_groups(name, group):
     assert profile_group(name) == group
+
+
+def test_a_pretrained_model_instead_of_a_size(tmp_path):
+    """``--model`` (a folder, hub id or packaged name) replaces ``--size``: the weights are linked, the tokenizer
+    is saved without its chat template (plain-text rows keep their generated lengths), the record names it."""
+    from nca_lab.llm.demo import save_demo_model
+    from nca_lab.llm.tokenization import CHATML_TEMPLATE
+    from transformers import AutoTokenizer
+
+    folder = save_demo_model(tmp_path / "pretrained", seed=0)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = CHATML_TEMPLATE  # a chat model: the benchmark must not render its rows with it
+    tok.save_pretrained(folder)
+    out = tmp_path / "bench"
+    assert bench_main(["--model", str(folder), "--out", str(out), "--steps", "1", "--batch-size", "2",
+                       "--seq-len", "64", "--ablations", "", "--no-trl"]) == 0
+    rec = json.loads((out / "bench.json").read_text())
+    assert rec["model"]["pretrained"] == str(folder) and rec["model"]["size"] is None
+    assert (out / "model" / "model.safetensors").is_symlink()
+    assert AutoTokenizer.from_pretrained(out / "model").chat_template is None
+    assert bench_main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "b2"), "--no-trl"]) == 2
