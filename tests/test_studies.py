@@ -178,7 +178,8 @@ def test_config_errors_are_named():
 @pytest.mark.parametrize("study", STUDY_NAMES)
 def test_quick_results_reproduce(study):
     """A rerun at the recorded quick config gives the committed numbers (``tests/recorded.py``:
-    identical structure, floats to rel 1e-3 across CPUs), and a second rerun on this machine gives
+    identical structure; floats to rel 1e-3 across CPUs, threshold-event rates as counts and prop17's
+    envelope summaries to the measured cross-CPU tolerances), and a second rerun on this machine gives
     exactly the first (deterministic for a seed)."""
     config = studies.load_config(study, "quick")
     recorded = _recorded(study, "quick")
