@@ -50,6 +50,10 @@ def test_the_fixture_covers_every_score():
     ("", 0.0),
     ("no numbers at all", 0.0),
     ("Answer: eighty-one", 0.0),
+    ("Answer: 81, as computed.", 1.0),
+    ("Answer: 70 + 11 = 81", 0.5),                    # no single N stated; the last number is right
+    ("Answer: 81.5", 0.0),                            # not the integer 81 (last number 5)
+    ("Answer: 81 * 1", 0.0),                          # an expression, not N; the last number 1 is wrong
 ])
 def test_rules(text, score):
     assert score_text(problem("10*7+11"), text) == score
@@ -61,6 +65,13 @@ def test_negative_answers():
     assert score_text(p, "4 - 6 = -2. -2 - 9 = -11.\nAnswer: -11") == 1.0
     assert score_text(p, "Answer: 11") == 0.0
     assert score_text(p, "so it is -11") == 0.5
+
+
+def test_thousands_separators():
+    p = problem("20*81")
+    assert p.answer == 1620
+    assert score_text(p, "20 * 81 = 1,620.\nAnswer: 1,620") == 1.0
+    assert score_text(p, "it is 1,620") == 0.5
 
 
 def test_format_and_prompt():

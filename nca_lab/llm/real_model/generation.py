@@ -2,8 +2,9 @@
 
 * :func:`generate` — responses to chat prompts with ``model.generate`` (KV cache, left padding, batches of
   ``batch_size`` sequences); greedy or temperature-1 sampling with no truncation (``top_k=0``, ``top_p=1``);
-  seeded, so a run's evaluation is reproducible and every policy is evaluated with the same seed (common random
-  numbers). Each response is kept as the generated token ids up to and including the first EOS (a response cut
+  seeded per batch, so a run's evaluation is reproducible and every policy's batch b starts from the same
+  random state (common random numbers: two policies that put the same probabilities on a prompt's tokens draw
+  the same sample; where they differ, so do the samples). Each response is kept as the generated token ids up to and including the first EOS (a response cut
   by ``max_new_tokens`` has no EOS) and as decoded text without special tokens.
 * :func:`response_logps` — Σ_t log π(y_t | x, y_<t) of given token ids under a model, through the trainer's own
   code path (:func:`nca_lab.llm.collate.collate_responses` + :func:`nca_lab.llm.logps.batch_logps`), so the
@@ -38,9 +39,11 @@ def generate(model, tokenizer, prompts: Sequence[list[int]], *, n: int = 1, samp
     ids_out: list[list[int]] = []
     texts: list[str] = []
     model.eval()
-    torch.manual_seed(seed)
     kwargs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
     for start in tqdm(range(0, len(flat), batch_size), desc=desc, leave=False):
+        # Reseeded per batch: batch b of every policy starts from the same random state, whatever earlier
+        # batches consumed (generate stops a batch when all its sequences are done, at a policy-dependent step).
+        torch.manual_seed(seed + start)
         batch = flat[start:start + batch_size]
         width = max(map(len, batch))
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)

@@ -12,14 +12,16 @@ done, however many times the run is cut):
             written as chat-format generic JSONL (``data_k{K}.jsonl``);
 ``probe``   per method, one LoRA run per β of the probe grid (seed ``probe_seed``), evaluated on validation
             prompts (one sample each: mean reward, KL); the β with the highest mean sampled reward is chosen;
-``seeds``   the chosen β with each of ``seeds`` (which vary the data order, and are never the probe's run),
+``seeds``   the chosen β with each of ``seeds`` (which vary the data order and the LoRA initialisation, and are
+            never the probe's seed),
             evaluated on the test split (greedy accuracy, mean sampled reward, KL(π‖μ) from samples) and on
             training prompts (change of log π of the best and of the worst response);
 ``report``  ``<results>/real_smollm2_cpu.json`` + ``.md`` and ``<figures>/real_smollm2_cpu.png`` + ``.json``
             (:mod:`nca_lab.llm.real_model.report`).
 
-Every policy is evaluated with the same sampling seed (common random numbers), so differences between runs are
-not evaluation noise; the report pairs runs prompt by prompt.
+Every policy is evaluated with the same sampling seeds (reseeded per batch: common random numbers, which reduce
+but do not remove the sampling noise in a difference between two policies); the report pairs runs prompt by
+prompt.  Seeds vary the data order and the LoRA initialisation.
 """
 
 from __future__ import annotations
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     from nca_lab.llm.real_model import stages
 
     cfg = dataclasses.replace(SCALES[args.scale], **({"model": args.model} if args.model else {}))
+    if cfg.probe_seed in cfg.seeds:
+        print(f"error: the final seeds {cfg.seeds} must not include the probe's seed {cfg.probe_seed}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     if out.exists() and (out / "state.json").exists() and not args.resume:
         print(f"error: --out {out} holds a run; add --resume to continue it or choose another --out",
@@ -167,8 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m nca_lab.llm.real_model " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         exp = Experiment(cfg, out, command)
-        exp.state.setdefault("machine", {"platform": platform.platform(), "processor": platform.processor(),
-                                         "cpus": os.cpu_count(), "device": "cpu"})
+        import torch
+
+        machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                   "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                   "command": command}
+        exp.state.setdefault("invocations", []).append(machine)  # every (resumed) invocation, where it ran
+        exp.state["machine"] = machine
+        exp.save()
         for name in STAGES:
             if name in wanted:
                 getattr(stages, f"stage_{name}")(exp, results_dir=Path(args.results_dir),

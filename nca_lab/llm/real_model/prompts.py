@@ -1,7 +1,8 @@
 """The arithmetic task phrased for an instruct model, and a verifier that scores free text.
 
-**Problems** are the fixed splits of :mod:`nca_lab.llm.study.task` (level ``easy``: 2-3 operations on single
-digits, usual precedence, e.g. ``9+8*6``), so train, validation and test prompts are disjoint by construction.
+**Problems** are the fixed splits of :mod:`nca_lab.llm.study.task` (level ``chat``: 1-2 operations on numbers
+up to 20, usual precedence, e.g. ``12+15*8``), so train, validation and test prompts are disjoint by
+construction.
 
 **Prompt** (a chat conversation, rendered by the model's own chat template)::
 
@@ -12,8 +13,9 @@ digits, usual precedence, e.g. ``9+8*6``), so train, validation and test prompts
 **Verifier** (:func:`score_text`), for free text, documented and tested on real SmolLM2 outputs:
 
 * **1.0** — the response states the final answer in the requested form, ``Answer: N`` (case-insensitive;
-  spaces, ``=`` instead of ``:``, markdown emphasis such as ``**Answer:** 11`` and a trailing period allowed;
-  the *last* such statement counts), and N is the true value;
+  spaces, ``=`` instead of ``:``, markdown emphasis such as ``**Answer:** 11``, thousands separators and a
+  trailing period allowed; N must end the statement — ``Answer: 70 + 11 = 81`` or ``Answer: 81.5`` state no
+  integer N; the *last* such statement counts), and N is the true value;
 * **0.5** — no ``Answer: N`` statement, but the last integer in the text is the true value (right result,
   format not followed: partial credit, so the K samples of a prompt differ in reward more often);
 * **0.0** — an ``Answer: N`` statement with a wrong N (a clear wrong answer is not rescued by a correct
@@ -31,9 +33,18 @@ from nca_lab.llm.study.task import Problem
 SYSTEM_PROMPT = ("You are a careful calculator. Work the problem out step by step, then write the final line "
                  "exactly as 'Answer: N'.")
 
-# "Answer: 11", "answer = -3", "**Answer:** 11", "Answer: **11**." — the last one in the text counts
-_ANSWER = re.compile(r"answer\s*\**\s*[:=]\s*\**\s*(-?\d+)", re.IGNORECASE)
-_INTEGER = re.compile(r"-?\d+")
+# An integer as people write it: optional minus, digits, optional thousands separators ("1,620").
+_NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)"
+# "Answer: 11", "answer = -3", "**Answer:** 11", "Answer: **11**." — the last one in the text counts. N must end
+# the statement: not followed by more digits, a decimal part or an operator ("Answer: 70 + 11 = 81" states no
+# single N; "Answer: 81.5" is not the integer 81); "**" after N is markdown emphasis, not an operator.
+_ANSWER = re.compile(r"answer\s*\**\s*[:=]\s*\**\s*(" + _NUMBER + r")(?!\d|,\d|\.\d|\s*(?:[-+/=×^]|\*(?!\*)))",
+                     re.IGNORECASE)
+_INTEGER = re.compile(_NUMBER)
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
 
 
 def spaced(expression: str) -> str:
@@ -55,7 +66,7 @@ def chat_prompt(problem: Problem) -> list[dict[str, str]]:
 def stated_answer(text: str) -> int | None:
     """The N of the last ``Answer: N`` statement, or None."""
     found = _ANSWER.findall(text)
-    return int(found[-1]) if found else None
+    return _int(found[-1]) if found else None
 
 
 def follows_format(text: str) -> bool:
@@ -68,4 +79,4 @@ def score_text(problem: Problem, text: str) -> float:
     if stated is not None:
         return 1.0 if stated == problem.answer else 0.0
     numbers = _INTEGER.findall(text)
-    return 0.5 if numbers and int(numbers[-1]) == problem.answer else 0.0
+    return 0.5 if numbers and _int(numbers[-1]) == problem.answer else 0.0

