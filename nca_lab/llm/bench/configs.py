@@ -33,7 +33,7 @@ OURS_ABLATIONS: dict[str, tuple[str, ...]] = {
 @dataclasses.dataclass
 class BenchConfig:
     size: str = "0.5b"
-    model: str | None = None  # a pretrained model (packaged name, hub id or path) instead of a generated size
+    model: str | None = None  # a pretrained model (packaged name or local folder) instead of a generated size
     steps: int = 20
     batch_size: int = 8  # prompts per step (K = 2: pairs per step)
     seq_len: int = 512

