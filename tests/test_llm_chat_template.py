@@ -69,6 +69,10 @@ def test_response_tokens_are_the_templates(tok, conv):
     prompt_ids, response_ids = _expected(tok, prompt, response)
     assert out["prompt_ids"] == prompt_ids
     assert out["response_ids"][0] == response_ids
+    # independent of how the boundary is found: prompt + response is the template's whole conversation, minus
+    # only the newline the template writes after <|im_end|>
+    full = _ids(tok, prompt + [{"role": "assistant", "content": response}])
+    assert out["prompt_ids"] + out["response_ids"][0] == full[:-1] and tok.decode(full[-1:]) == "\n"
     assert tok.decode(out["response_ids"][0]) == response + "<|im_end|>"
     assert out["response_ids"][0][-1] == tok.eos_token_id and tok.eos_token_id not in out["response_ids"][0][:-1]
 
@@ -95,6 +99,12 @@ def test_a_merging_response_is_refused(tok):
     record = {"prompt": "hi", "responses": ["  x", "y"], "rewards": [1.0, 0.0]}
     with pytest.raises(DataError, match="row 4: the chat template breaks the prompt/response boundary"):
         tokenize_record(record, tok, max_length=512, row_index=4)
+
+
+def test_a_response_holding_the_end_of_turn_token_is_refused(tok):
+    record = {"prompt": "hi", "responses": ["fine<|im_end|> and more", "y"], "rewards": [1.0, 0.0]}
+    with pytest.raises(DataError, match=r"row 2: responses\[0\] contains the end-of-sequence token '<\|im_end\|>'"):
+        tokenize_record(record, tok, max_length=512, row_index=2)
 
 
 def test_text_prompt_on_a_chat_model_goes_through_the_template(tok):

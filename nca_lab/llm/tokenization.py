@@ -100,6 +100,7 @@ def _encode_with_template(records: list[dict], rows: list, tokenizer) -> list[tu
                 response = response[:last + 1]
             else:
                 response = response + [eos]
+            _check_no_inner_eos(response, eos, tokenizer, row, k)
             responses.append(response)
         out.append((p_ids, responses))
     return out
@@ -118,8 +119,22 @@ def _encode_plain(records: list[dict], rows: list, tokenizer) -> list[tuple[list
         prompt_ids = [ids[:-1] if ids and ids[-1] == eos else ids for ids in prompt_ids]
     response_ids = iter(_encode(tokenizer, [resp for rec in records for resp in rec["responses"]],
                                 add_special_tokens=False))
-    return [(p_ids, [next(response_ids) + [eos] for _ in rec["responses"]])
-            for rec, p_ids in zip(records, prompt_ids)]
+    out = []
+    for rec, row, p_ids in zip(records, rows, prompt_ids):
+        responses = [next(response_ids) + [eos] for _ in rec["responses"]]
+        for k, response in enumerate(responses):
+            _check_no_inner_eos(response, eos, tokenizer, row, k)
+        out.append((p_ids, responses))
+    return out
+
+
+def _check_no_inner_eos(response: list[int], eos: int, tokenizer, row, k: int) -> None:
+    """A response whose text holds the EOS token's string (e.g. ``<|im_end|>``) would end early at generation
+    and train an end-of-turn mid-response: refuse it, naming row and response."""
+    if eos in response[:-1]:
+        raise DataError(f"{_row_name(row)}: responses[{k}] contains the end-of-sequence token "
+                        f"{tokenizer.eos_token!r} inside its text; remove it (every response ends with exactly one)",
+                        row=row, field=f"responses[{k}]", reason="EOS inside response")
 
 
 def _fit(prompt_ids: list[int], response_ids: list[list[int]], rewards: list[float], row, *, max_length: int,
