@@ -1,15 +1,15 @@
 """The real-model experiment's report: records JSON, a Markdown table with paired bootstrap CIs, one figure.
 
-Paired comparisons: two policies evaluated on the same test prompts with the same sampling seed are compared
-prompt by prompt; a method's per-prompt outcome is the mean over its seeds; the 95 % interval is the percentile
-bootstrap over prompts (2,000 resamples, fixed seed).  With 3 methods and 2 outcomes there are 6 method-vs-base
-and 6 method-vs-method intervals: read them as estimates, not as a family of tests (no multiplicity correction).
+Paired comparisons: two policies evaluated on the same test prompts (with the same sampling seeds) are compared
+prompt by prompt, seed s of one method with seed s of another, and the base μ with every seed; the 95 % interval
+is the two-level bootstrap of :func:`nca_lab.llm.study.paired.paired_bootstrap` (seeds, then prompts; 2,000
+replicates, fixed seed).  With 3 methods and 2 outcomes there are 6 method-vs-base and 4 method-vs-DPO intervals:
+read them as estimates, not as a family of tests (no multiplicity correction).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import statistics
 from pathlib import Path
 
@@ -18,20 +18,17 @@ from nca_lab.llm.real_model.pipeline import METHODS, Experiment, write_json
 N_BOOT = 2000
 
 
-def paired_ci(a: list[float], b: list[float], seed: int = 0) -> dict:
-    """Mean of a − b over prompts and its 95 % percentile-bootstrap interval (resampling prompts)."""
-    diffs = [x - y for x, y in zip(a, b)]
-    rng = random.Random(seed)
-    n = len(diffs)
-    boots = sorted(statistics.mean(diffs[rng.randrange(n)] for _ in range(n)) for _ in range(N_BOOT))
-    return {"mean": statistics.mean(diffs), "lo": boots[int(0.025 * N_BOOT)], "hi": boots[int(0.975 * N_BOOT) - 1],
-            "n_prompts": n}
+def _outcomes(records: list[dict], key: str) -> list[list[float]]:
+    """Per-prompt outcomes ``[S, P]`` of a method's final runs, seeds in increasing order (so that seed s of one
+    method pairs with seed s of another: the same data order and LoRA initialisation)."""
+    return [r["per_prompt"][key] for r in sorted(records, key=lambda r: r["seed"])]
 
 
-def _per_prompt(records: list[dict], key: str) -> list[float]:
-    """Per-prompt outcome averaged over seeds (every record evaluated on the same prompts)."""
-    columns = [r["per_prompt"][key] for r in records]
-    return [statistics.mean(values) for values in zip(*columns)]
+def paired_ci(a: list[list[float]], b: list[list[float]]) -> dict:
+    """Mean of a − b with its 95 % two-level bootstrap interval (seeds, then prompts; fixed seed)."""
+    from nca_lab.llm.study.paired import paired_bootstrap
+
+    return paired_bootstrap(a, b, n_boot=N_BOOT, seed=0)
 
 
 def _fmt_ci(ci: dict) -> str:
@@ -48,10 +45,10 @@ def summarise(exp: Experiment) -> dict:
         out["methods"][m] = {key: [r[key] for r in rs] for key in
                              ("seed", "beta", "accuracy", "reward", "kl", "logp_best_change", "logp_worst_change")}
         if base:
-            out["vs_base"][m] = {key: paired_ci(_per_prompt(rs, key), base["per_prompt"][key])
+            out["vs_base"][m] = {key: paired_ci(_outcomes(rs, key), [base["per_prompt"][key]])
                                  for key in ("correct", "reward")}
         if m != "dpo" and "dpo" in finals:
-            out["vs_dpo"][m] = {key: paired_ci(_per_prompt(rs, key), _per_prompt(finals["dpo"], key))
+            out["vs_dpo"][m] = {key: paired_ci(_outcomes(rs, key), _outcomes(finals["dpo"], key))
                                 for key in ("correct", "reward")}
     return out
 
@@ -106,10 +103,10 @@ def markdown(exp: Experiment, summary: dict, scale: str) -> str:
                     ("accuracy", "reward", "kl", "logp_best_change", "logp_worst_change")}
             lines.append(f"| {m} | {s['beta'][0]:g} | {', '.join(map(str, s['seed']))} | {vals['accuracy']} | "
                          f"{vals['reward']} | {vals['kl']} | {vals['logp_best_change']} | {vals['logp_worst_change']} |")
-        lines += ["", "Paired differences over test prompts (each prompt's outcome averaged over the seeds; 95 % "
-                  "percentile-bootstrap CI over prompts, so the interval reflects prompt-to-prompt variation, not "
-                  "the variation between training seeds, which the per-seed table shows; no multiplicity "
-                  "correction):", "",
+        lines += ["", "Paired differences on the same test prompts (mean over seeds and prompts; 95 % two-level "
+                  f"bootstrap interval: seeds, then prompts, 2,000 replicates; with {len(cfg.seeds)} seeds the seed "
+                  "level is coarse. 10 intervals are shown and none is corrected for multiplicity: read them as "
+                  "estimates):", "",
                   "| comparison | Δ accuracy | Δ reward |", "|---|---|---|"]
         for name, table in (("vs base μ", summary["vs_base"]), ("vs dpo", summary["vs_dpo"])):
             for m, cis in table.items():
