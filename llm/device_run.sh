@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The pending GPU runs of issues 4, 5 and 6 in ONE device call, for a session whose task is lent a GPU
+# The three pending GPU runs (the >= 100M-parameter bf16 run, the benchmark against TRL, the verifiable-reasoning
+# study) in ONE device call, for a session whose task is lent a GPU
 # (the device tool gives 15 minutes of device time per session, 10 minutes per command, the start counted).
 #
 #   here, once (wheels for what the device image lacks; datasets 5.2.0 needs these dill/multiprocess pins):
@@ -11,12 +12,12 @@
 #
 # Each stage runs under its own `timeout` (seconds: SCALE_S, BENCH_S, STUDY_S; they sum to 540 with the
 # install), so the call ends inside its limit and every stage's output comes back even if a later one is cut:
-#   scale_gpu.json, scale_gpu.log   issue 4: the >= 100M-parameter bf16 run (llm/scale/)
-#   bench_gpu.json|.md, bench_gpu.log   issue 6: nca_lab vs TRL on a 0.5B model (llm/bench/); if the bench is
+#   scale_gpu.json, scale_gpu.log   the >= 100M-parameter bf16 run (llm/scale/)
+#   bench_gpu.json|.md, bench_gpu.log   the benchmark: nca_lab vs TRL on a 0.5B model (llm/bench/); if it is
 #                                   cut, bench_gpu_partial.json holds every configuration it finished
-#   study_gpu.tgz                   issue 5: the verifiable-reasoning study (llm/results/, figures/)
+#   study_gpu.tgz                   the verifiable-reasoning study (llm/results/, figures/)
 #   device_run.log                  the GPU's name, the package versions in use, each stage's exit code
-# The full-size single-issue commands are in llm/scale/README.md, llm/bench/README.md, llm/study/README.md.
+# The full-size command of each run alone is in llm/scale/README.md, llm/bench/README.md, llm/study/README.md.
 # Never run on a GPU yet: the stage times are estimates; what a cut stage skipped is in its log / record.
 # SCALE_ARGS, BENCH_ARGS, STUDY_SCALE, WORK, WHEELS and PY override the sizes and the scratch folder: tests/test_device_run.py
 # runs this script on CPU at the tiny sizes, so its plumbing is checked before a lease is spent on it.
@@ -41,13 +42,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$OUT/device_r
 "$PY" -c "import torch, transformers, datasets, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'datasets', datasets.__version__, 'trl', trl.__version__)" \
   >> "$OUT/device_run.log" 2>&1
 
-log "issue 4: scale run (${SCALE_S}s)"
+log "scale run: >= 100M-parameter bf16 (${SCALE_S}s)"
 # shellcheck disable=SC2086  # the *_ARGS are word lists
 timeout "$SCALE_S" "$PY" -m nca_lab.llm.scale_run $SCALE_ARGS --loss nca --out "$WORK/scale" > "$OUT/scale_gpu.log" 2>&1
 log "scale run exit $?"
 cp "$WORK/scale/scale_run.json" "$OUT/scale_gpu.json" 2>/dev/null
 
-log "issue 6: bench (${BENCH_S}s)"
+log "bench: nca_lab vs TRL (${BENCH_S}s)"
 # shellcheck disable=SC2086
 timeout "$BENCH_S" "$PY" -m nca_lab.llm.bench $BENCH_ARGS --out "$WORK/bench" > "$OUT/bench_gpu.log" 2>&1
 log "bench exit $?"
@@ -57,7 +58,7 @@ else
   cp "$WORK/bench/bench_partial.json" "$OUT/bench_gpu_partial.json" 2>/dev/null
 fi
 
-log "issue 5: study (${STUDY_S}s budget)"
+log "study: verifiable reasoning (${STUDY_S}s budget)"
 mkdir -p "$WORK/study"
 # the study's own stage budgets are scaled to STUDY_S - 30 (report and writing inside the rest)
 timeout "$STUDY_S" "$PY" -m nca_lab.llm.study --scale "$STUDY_SCALE" --time-budget-s $((STUDY_S - 30)) \

@@ -3,7 +3,9 @@
 One module serves both worlds: the toy bandit simulator (``nca_lab.toy``) and the LLM trainer
 (``nca_lab.llm``) call these functions unchanged.
 
-Contract (``../shared/DESIGN.md``)::
+The loss contract (this docstring is where it is stated; the toy world, the trainer and the tests rely on
+it). Notation: R = the data rewards (scores in the dataset); r_θ = the implicit reward of the model. Every
+loss is a pure function::
 
     loss = name(policy_logps, ref_logps, rewards, *, mask=None, lengths=None, **hparams)  # -> Tensor[B]
 
@@ -11,30 +13,60 @@ Contract (``../shared/DESIGN.md``)::
   of the K responses of each prompt. Reference-free losses accept ``ref_logps=None`` (and ignore it).
 - ``rewards``: float ``[B, K]``, the data rewards R (higher is better). A pairwise preference is
   K = 2 with R = (1, 0).
-- ``mask``: bool ``[B, K]``, True where response k exists. Masked entries reach neither the loss nor
-  the gradient, even when they hold NaN or ±inf.
+- ``mask``: bool ``[B, K]``, True where response k exists (prompts may have fewer than K responses).
+  Masked entries reach neither the loss nor the gradient, even when they hold NaN or ±inf.
 - ``lengths``: ``[B, K]`` response token counts, or ``None`` meaning length 1 (the toy world). Losses
-  defined on length-normalised scores s = logps / lengths divide themselves.
+  defined on length-normalised scores s = logps / lengths (``ipo``, ``simpo``, ``clha``, ``pro``,
+  ``rrhf``; ``sft`` is a token mean) divide themselves: callers (the LLM trainer) always pass summed
+  log-probs and lengths.
 - returns the per-prompt loss ``[B]``: float64 if an input log-prob tensor is float64, float32
   otherwise (bf16/fp16 inputs are upcast before any arithmetic). Callers average.
 
 Conventions shared by all losses:
 
 - implicit reward r_θ = β·(policy_logps − ref_logps);
-- soft labels w = softmax(R / α) over the valid responses (``labels="softmax"``), or leave-one-out
-  labels w_i = e^{R_i/α} / (n · mean_{j≠i} e^{R_j/α}) (``labels="loo"``), or explicit
-  ``label_weights`` (need not sum to 1);
-- "best"/"worst" are the valid responses with the highest/lowest R; among equal R the lowest index
-  wins. A pair with equal R carries no preference and is skipped; a prompt whose valid responses all
-  tie contributes 0 to a pairwise loss;
-- ``pairs`` (pairwise losses): ``"best_worst"`` (default), ``"best_rest"`` (best against every valid
-  response with lower R, averaged) or ``"all"`` (every ordered pair with R_i > R_j, averaged);
+- soft labels (``infonca``, ``nca``) over the n valid responses: w = softmax(R / α)
+  (``labels="softmax"``), or leave-one-out labels w_i = e^{R_i/α} / (n · mean_{j≠i} e^{R_j/α})
+  (``labels="loo"``), or explicit ``label_weights`` ``[B, K]`` (override both; need not sum to 1);
+- "best"/"worst" (w/l) are the valid responses with the highest/lowest R; among equal R the lowest
+  index wins. A pair with equal R carries no preference and is skipped; a prompt whose valid
+  responses all tie contributes 0 to a pairwise loss;
+- ``pairs`` (every pairwise loss: ``dpo``, ``cdpo``, ``rdpo``, ``ipo``, ``hinge``, ``nca_pair``,
+  ``cpl``, ``simpo``): ``"best_worst"`` (default), ``"best_rest"`` (best against every valid
+  response with lower R, averaged) or ``"all"`` (every ordered pair with R_i > R_j, averaged; CPL's
+  rank mode);
 - ``validate=False`` skips the data checks that need a host–device synchronisation (NaN rewards,
   counts of valid responses). The LLM trainer validates its data once at load time and passes
   ``validate=False`` inside the training step; hyperparameter checks always run.
 
-The registry :data:`LOSSES` maps each name to a :class:`LossSpec`; :func:`get_loss` also accepts
-weighted combinations such as ``"nca+0.1*sft"``.
+The losses (per prompt; h = r_θ,w − r_θ,l; s = logps / lengths; each function's docstring gives the
+source, the default hyperparameters, where it differs from the authors' code and, where one applies,
+the proposition of ``proofs/README.md`` about its optimum):
+
+=============  ==============================================================================================
+``infonca``    −Σ_i w_i log softmax(r_θ)_i
+``nca``        −Σ_i [ w_i log σ(r_θ,i) + (1/n) log σ(−r_θ,i) ], n = number of valid responses
+``nca_pair``   −log σ(r_θ,w) − ½ log σ(−r_θ,w) − ½ log σ(−r_θ,l)
+``dpo``        −log σ(h)
+``cdpo``       −(1−ε) log σ(h) − ε log σ(−h)  (conservative DPO, label smoothing)
+``rdpo``       [(1−ε) ℓ(h) − ε ℓ(−h)] / (1 − 2ε), ℓ(h) = −log σ(h)  (provably robust DPO)
+``ipo``        (h' − 1/(2β))², h' = (s_w − s^ref_w) − (s_l − s^ref_l) (length-normalised, no β inside)
+``hinge``      max(0, 1 − h)  (SLiC)
+``clha``       rank-offset hinges max(0, margin·i − (s_k − s_{k+i})) on pairs with an R gap > min_gap,
+               + an SFT term on the best when its R > sft_gate (reference-free)
+``pro``        Σ_k [ log(e^{s_k T_kk} + Σ_{j>k} e^{s_j T_kj}) − s_k T_kk ], T_kj = R_k − R_j, + an SFT term
+               on the best (reference-free)
+``rrhf``       Σ_{R_i < R_j} max(0, s_i − s_j) + sft_weight·(−s_best)  (reference-free)
+``cpl``        −log σ(α·log π_w − λ·α·log π_l)  (reference-free, summed log-probs)
+``simpo``      −log σ(β(s_w − s_l) − γ)  (reference-free)
+``sft``        −log π(y_best) / |y_best|  (token-mean NLL of the best response)
+=============  ==============================================================================================
+
+The registry :data:`LOSSES` maps each name to a :class:`LossSpec`: the function, whether it needs the
+reference, whether it uses lengths, whether it uses the scalar rewards (not only their order), whether it
+takes ``pairs``, and the paper's default hyperparameters (the CLI's defaults when a flag is not given).
+:func:`get_loss` also accepts weighted combinations such as ``"nca+0.1*sft"`` (weighted sums of registry
+losses, parsed from the string).
 """
 
 from __future__ import annotations
@@ -261,7 +293,7 @@ def soft_labels(
 
     ``labels="softmax"``: w_i = e^{R_i/α} / Σ_j e^{R_j/α} (the NCA paper's labels).
     ``labels="loo"``: w_i = e^{R_i/α} / (n · mean_{j≠i} e^{R_j/α}) with n valid responses — the
-    leave-one-out label of PROPOSITIONS 19 (needs n ≥ 2; does not sum to 1; unbounded: it is
+    leave-one-out label of Proposition 19 (needs n ≥ 2; does not sum to 1; unbounded: it is
     +inf where a gap R_i − R_j divided by α overflows, which the losses report as an error).
     Computed in log space, so α = 1e-4 on 1–10 scores (the NCA recipe) is exact, not NaN.
     """
@@ -374,7 +406,7 @@ def infonca(
     w = softmax(R/α) (or ``labels="loo"``, or explicit ``label_weights``).
 
     Shapes: all inputs ``[B, K]``; returns ``[B]``. ``lengths`` is ignored (summed log-probs).
-    Optimum (PROPOSITIONS 1): r_θ* = R/α + C(x). At π_θ = π_ref the value is ln n.
+    Optimum (Proposition 1): r_θ* = R/α + C(x). At π_θ = π_ref the value is ln n.
     Defaults β = 0.01, α = 1e-4: the authors' released recipe (labels effectively one-hot for
     1–10 scores). Differences from thu-ml/Noise-Contrastive-Alignment ``reward_trainer.py``:
     ``alpha`` divides the rewards, as their code does (their comment calls it 1/α); we do not add
@@ -408,7 +440,7 @@ def nca(
     r_θ = β(log π_θ − log π_ref), w = softmax(R/α) (or ``labels="loo"``, or ``label_weights``).
 
     Shapes: all inputs ``[B, K]``; returns ``[B]``. ``lengths`` is ignored (summed log-probs).
-    Optimum: r_θ* → R/α − log E_μ e^{R/α} as n → ∞ (PROPOSITIONS 2–4; the exact finite-n optimum is
+    Optimum: r_θ* → R/α − log E_μ e^{R/α} as n → ∞ (Propositions 2–4; the exact finite-n optimum is
     in ``nca_lab.theory.nca_optimum``). At π_θ = π_ref the value is 2 ln 2 for every n.
     Defaults β = 0.01, α = 1e-4 (the authors' released recipe). Matches the authors' code
     (``-logsigmoid(-r).mean()`` over K gives the 1/K term) with n = number of valid responses
@@ -444,7 +476,7 @@ def nca_pair(
     ℓ(w, l) = −log σ(r_θ,w) − ½ log σ(−r_θ,w) − ½ log σ(−r_θ,l), r_θ = β(log π_θ − log π_ref),
     averaged over the selected pairs (``pairs``). Shapes ``[B, K]`` → ``[B]``.
     Value at π_θ = π_ref: 2 ln 2. Population optimum under Bradley–Terry labels: log(2 p_win)
-    (PROPOSITIONS 7). Default β = 0.01 (the NCA recipe; TRL's DPOConfig default is 0.1).
+    (Proposition 7). Default β = 0.01 (the NCA recipe; TRL's DPOConfig default is 0.1).
     Identical to the authors' ``preference_trainer.py`` ``NCA`` and to TRL on K = 2 data.
     """
     beta = _positive("beta", beta)
@@ -471,7 +503,7 @@ def dpo(
 
     ℓ(w, l) = −log σ(r_θ,w − r_θ,l), r_θ = β(log π_θ − log π_ref), averaged over the selected pairs.
     Shapes ``[B, K]`` → ``[B]``. Value at π_θ = π_ref: ln 2. Population optimum under Bradley–Terry
-    labels: r_θ* = r + C (PROPOSITIONS 8). Default β = 0.1 (DPO paper, TRL).
+    labels: r_θ* = r + C (Proposition 8). Default β = 0.1 (DPO paper, TRL).
     ``pairs="all"`` on K scored responses is the "DPO×C(K,2)" baseline of the NCA paper.
     """
     beta = _positive("beta", beta)
@@ -523,7 +555,7 @@ def rdpo(
     """Provably robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"; TRL ``loss_type="robust"``).
 
     ℓ̂(h) = [(1−ε)·ℓ(h) − ε·ℓ(−h)] / (1 − 2ε), ℓ(h) = −log σ(h), h = r_θ,w − r_θ,l.
-    Unbiased under symmetric label flips with rate ε (PROPOSITIONS 11). Shapes ``[B, K]`` → ``[B]``.
+    Unbiased under symmetric label flips with rate ε (Proposition 11). Shapes ``[B, K]`` → ``[B]``.
     Value at π_θ = π_ref: ln 2. Defaults β = 0.1, ε = 0.1 (ε ∈ [0, 0.5)). Not bounded below for
     ε > 0 (the −ε ℓ(−h) term): a property of the estimator, not of this implementation.
     """
@@ -607,7 +639,7 @@ def cpl(
     ℓ(w, l) = −log σ(α·log π_w − λ·α·log π_l) on summed log-probs, no reference. Shapes ``[B, K]`` → ``[B]``.
     Defaults α = 0.1, λ = 0.5 (``contrastive_bias`` in jhejna/cpl); λ ∈ (0, 1]. ``pairs="all"`` is
     CPL's rank mode (every ordered pair). With λ = 1 and segments of length one it is reference-free
-    DPO with β = α (PROPOSITIONS 10). ``ref_logps`` is ignored.
+    DPO with β = α (Proposition 10). ``ref_logps`` is ignored.
     """
     alpha, lam = _positive("alpha", alpha), _check_lam(lam)
     _check_pairs(pairs)

@@ -4,8 +4,8 @@ One context x is a reference distribution ``mu`` over a finite response set Y an
 vector ``r`` over Y; ``a = exp(r / alpha)`` and ``Z = E_mu[a]`` (the partition function).
 Every function accepts lists, numpy arrays or CPU torch tensors of shape ``[Y]`` (one context)
 or ``[X, Y]`` (X contexts, the last axis is Y; ``mu`` and ``r`` broadcast against each other)
-and returns float64 numpy arrays. Proposition numbers refer to ``PROPOSITIONS.md``; the
-derivations are in ``proofs/``.
+and returns float64 numpy arrays. Proposition numbers refer to the list in
+``proofs/README.md`` (one line each); the derivations are in ``proofs/``.
 
 Sources: NCA / InfoNCA -- Chen et al., "Noise Contrastive Alignment of Language Models with
 Explicit Rewards" (NeurIPS 2024); DPO -- Rafailov et al. 2023; IPO -- Azar et al.,

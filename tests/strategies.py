@@ -1,7 +1,7 @@
 """Hypothesis strategies shared by the property tests (import as ``from strategies import ...``;
 ``tests/conftest.py`` puts this folder on ``sys.path``).
 
-Instances follow PROPOSITIONS.md's setting: μ with full support (min μ ≥ ``min_mu``), rewards in
+Instances follow the setting of ``proofs/README.md``: μ with full support (min μ ≥ ``min_mu``), rewards in
 [−3, 3], α, β ∈ [0.3, 3]. Rewards are built with a minimum pairwise gap, so hypothesis (which
 shrinks towards 0 and towards equal values) cannot produce the ties several statements exclude:
 shrinking leads to evenly spaced rewards at exactly the minimum gap, not to a tie.

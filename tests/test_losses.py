@@ -2,7 +2,9 @@
 
 The population-level statements (optima, propositions 1–19) live in tests/test_prop_*.py; here every
 check is at the level of one tuple of K responses, against formulas written out independently (plain
-Python `math` or loops mirroring the reference code described in ../shared/REFERENCES.md).
+Python `math` or loops mirroring the public reference implementations: the NCA authors'
+thu-ml/Noise-Contrastive-Alignment `reward_trainer.py`, TRL 1.16 `DPOTrainer._compute_loss`, and
+AlibabaResearch/DAMO-ConvAI's PRO `process_manager.py`; each test names the one it mirrors).
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ def test_hand_reference_free():
 
 
 def _pro_loop(s, R, sft_summed, sft_weight):
-    """PRO as AlibabaResearch/DAMO-ConvAI computes it (REFERENCES.md), for one prompt, plain loops."""
+    """PRO as AlibabaResearch/DAMO-ConvAI computes it (``PRO/train/utils/process_manager.py``: responses sorted by
+    reward, length-averaged scores, T_kj = R_k − R_j, T_kk = max_j T_kj), for one prompt, plain loops."""
     order = sorted(range(len(R)), key=lambda i: -R[i])
     s, R = [s[i] for i in order], [R[i] for i in order]
     n, total = len(R), 0.0
@@ -259,7 +262,7 @@ def tuples(draw, kmin=2, kmax=6):
 @settings(deadline=None, max_examples=60)
 @given(tuples(), st.floats(0.05, 3.0), st.floats(0.2, 3.0), st.floats(-50, 50))
 def test_shift_invariance_infonca_dpo(tup, beta, alpha, c):
-    """PROPOSITIONS 12 at tuple level: adding c/β to every policy log-prob (a constant c on every r_θ)
+    """Proposition 12 at tuple level: adding c/β to every policy log-prob (a constant c on every r_θ)
     changes neither InfoNCA nor DPO. Tolerance: |loss| ≲ 50 and float64 round-off of logsumexp of
     shifted arguments is ~1e-13 relative."""
     lp, ref, R = tup
@@ -272,7 +275,7 @@ def test_shift_invariance_infonca_dpo(tup, beta, alpha, c):
 @settings(deadline=None, max_examples=60)
 @given(tuples(2, 2), st.floats(0.05, 3.0), st.floats(0.2, 3.0))
 def test_k2_infonca_is_soft_label_dpo(tup, beta, alpha):
-    """PROPOSITIONS 6: K = 2 InfoNCA = −q log σ(Δ) − (1−q) log σ(−Δ), q = σ((R_1 − R_2)/α), Δ = r_θ,1 − r_θ,2."""
+    """Proposition 6: K = 2 InfoNCA = −q log σ(Δ) − (1−q) log σ(−Δ), q = σ((R_1 − R_2)/α), Δ = r_θ,1 − r_θ,2."""
     lp, ref, R = tup
     d = beta * ((lp[0, 0] - ref[0, 0]) - (lp[0, 1] - ref[0, 1])).item()
     q = 1 / (1 + math.exp(-(R[0, 0] - R[0, 1]).item() / alpha))
@@ -283,7 +286,7 @@ def test_k2_infonca_is_soft_label_dpo(tup, beta, alpha):
 @settings(deadline=None, max_examples=60)
 @given(tuples(2, 2), st.floats(0.05, 3.0), st.floats(0.2, 2.0))
 def test_k2_infonca_alpha_to_zero_is_dpo(tup, beta, gap):
-    """PROPOSITIONS 6, α → 0 on untied rewards: |InfoNCA − DPO| ≤ (1−q)·|2 log σ| terms → 0; with
+    """Proposition 6, α → 0 on untied rewards: |InfoNCA − DPO| ≤ (1−q)·|2 log σ| terms → 0; with
     gap/α ≥ 2000 the label error e^{−gap/α} underflows below 1e-300, so the match is to round-off."""
     lp, ref, _ = tup
     R = t64([gap, 0.0])
@@ -324,7 +327,7 @@ def _grad(name, lp, ref, R, **hp):
 @settings(deadline=None, max_examples=60)
 @given(tuples(), st.floats(0.05, 3.0), st.floats(0.2, 3.0))
 def test_gradients_at_reference(tup, beta, alpha):
-    """PROPOSITIONS 13 at tuple level: at π_θ = π_ref, ∇NCA = ½∇InfoNCA and ∇nca_pair = ½∇DPO exactly
+    """Proposition 13 at tuple level: at π_θ = π_ref, ∇NCA = ½∇InfoNCA and ∇nca_pair = ½∇DPO exactly
     (σ(0) = ½ makes the two coefficient vectors proportional). Tolerance: float64 round-off."""
     _, ref, R = tup
     lp = ref.clone()
@@ -485,7 +488,7 @@ def test_validate_false_skips_only_data_checks():
 
 
 def test_nca_authors_batch_formulation():
-    """thu-ml/Noise-Contrastive-Alignment reward_trainer.py (REFERENCES.md), K = 4:
+    """The NCA authors' thu-ml/Noise-Contrastive-Alignment ``reward_trainer.py`` (K = 4 hard-coded there):
     InfoNCA = mean_b −Σ_i p_i log_softmax(r)_i; NCA = −logsigmoid(−r).mean() over B×K − mean_b Σ_i p_i logsigmoid(r_i),
     p = softmax(scores / temperature_alpha), r = β(logπ − logπ_ref). Our per-prompt losses, averaged over B, match."""
     g = torch.Generator().manual_seed(3)
@@ -502,7 +505,7 @@ def test_nca_authors_batch_formulation():
 
 
 def test_trl_batch_formulation():
-    """TRL 1.16 DPOTrainer._compute_loss (REFERENCES.md) on [chosen; rejected] pairs: d = ρ_c − ρ_r,
+    """TRL 1.16 ``DPOTrainer._compute_loss`` (``trl/trainer/dpo_trainer.py``) on [chosen; rejected] pairs: d = ρ_c − ρ_r,
     sigmoid −logσ(βd), hinge relu(1 − βd), ipo ((s_c/|y_c| − s_r/|y_r|) − 1/(2β))² on log-ratios,
     robust [−(1−ε)logσ(βd) + ε logσ(−βd)]/(1−2ε), nca_pair as in the NCA paper; batch means."""
     g = torch.Generator().manual_seed(4)

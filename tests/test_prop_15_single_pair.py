@@ -1,4 +1,4 @@
-"""PROPOSITIONS 15: DPO on one pair with a tabular softmax policy raises log π(y_w) monotonically.
+"""Proposition 15: DPO on one pair with a tabular softmax policy raises log π(y_w) monotonically.
 
 Derivation (policy π = softmax(θ) over Y; one pair w ≻ l; μ the reference):
 h = β[(log π_w − log μ_w) − (log π_l − log μ_l)] = β(θ_w − θ_l − log μ_w + log μ_l) (the log-partition

@@ -1,4 +1,4 @@
-"""Toy training dynamics (``nca_lab.toy.dynamics``) and the empirical studies of PROPOSITIONS 16–18
+"""Toy training dynamics (``nca_lab.toy.dynamics``) and the empirical studies of Propositions 16–18
 (``nca_lab.toy.studies``): the recorded results must be reproduced by a rerun at their
 recorded config, and must pass sanity bounds. The rates themselves are measurements, not
 assertions: no test checks which loss "wins".
@@ -46,7 +46,7 @@ def small_problem() -> Problem:
 )
 def test_training_starts_at_reference(small_problem, policy, loss, hparams, value_at_reference):
     """Every policy class starts at π = μ: KL = 0, log-ratios 0, and the step-0 loss is the
-    closed-form value at the reference (DESIGN.md: ln 2, 2 ln 2, ln K). DPO's tuples whose K
+    closed-form value at the reference (ln 2 for DPO, 2 ln 2 for NCA, ln K for InfoNCA). DPO's tuples whose K
     responses all tie (the same response drawn K times) contribute 0, so its value is ≤ ln 2."""
     traj = train(small_problem, loss, hparams=hparams, policy=policy, steps=3, record_every=1)
     # log_softmax(log μ) = log μ up to float64 round-off (|log μ| ≤ ~5 here)

@@ -5,7 +5,7 @@ For a sequence x_1..x_T with response tokens R ⊂ {2..T} (``response_mask``), t
     log π(y | x) = Σ_{t ∈ R} log softmax(W h_{t-1})[x_t]
 
 where h_{t-1} is the final hidden state at position t-1 (position t-1 predicts token t) and W the LM head.
-These sums are the ``policy_logps`` / ``ref_logps`` [B, K] of the loss contract (DESIGN.md).
+These sums are the ``policy_logps`` / ``ref_logps`` [B, K] of the loss contract (stated in :mod:`nca_lab.losses`).
 
 :func:`sequence_logps` runs the model once, keeps the final hidden states only at the P positions that
 predict response tokens, and applies head + float32 log-softmax in chunks of ``chunk_size`` positions. Each

@@ -1,12 +1,13 @@
 """Reference log-probabilities log μ(y_k | x_b), computed once before training and cached on disk.
 
-Every reference-based loss needs ``ref_logps [B, K]`` (DESIGN.md). Instead of keeping a second model in memory
-during training, :func:`compute_reference_logps` runs the reference model over the tokenised dataset once — in
-eval mode, without gradients, through the *same* collation (:func:`nca_lab.llm.collate.collate_responses`) and
-the *same* log-prob code (:func:`nca_lab.llm.logps.batch_logps`) as the policy forward — and
-:func:`attach_ref_logps` stores the result as a ``ref_logps`` column, which the collator turns into
-``ref_logps [B, Kmax]``. With identical weights, dtype and batches the policy then reproduces the reference
-numbers, so the first loss is the closed-form value at π_θ = π_ref (ln 2 for DPO).
+Every reference-based loss needs ``ref_logps [B, K]`` (the loss contract, :mod:`nca_lab.losses`). Instead of
+keeping a second model in memory during training, :func:`compute_reference_logps` runs the reference model over the
+tokenised dataset once — in eval mode, without gradients, through the *same* collation
+(:func:`nca_lab.llm.collate.collate_responses`) and the *same* log-prob code
+(:func:`nca_lab.llm.logps.batch_logps`) as the policy forward — and :func:`attach_ref_logps` stores the result as a
+``ref_logps`` column, which the collator turns into ``ref_logps [B, Kmax]``. With identical weights, dtype and
+batches the policy then reproduces the reference numbers, so the first loss is the closed-form value at π_θ = π_ref
+(ln 2 for DPO).
 
 The cache file is ``cache_dir/<key>.pt`` where ``key`` (:func:`reference_cache_key`) hashes what the numbers
 depend on: the model (:func:`model_fingerprint`), the token ids (:func:`dataset_fingerprint`), the

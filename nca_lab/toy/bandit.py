@@ -1,6 +1,6 @@
 """Random bandit instances: a reference μ over Y responses and rewards r, per context.
 
-PROPOSITIONS.md's setting: μ with full support (min μ ≥ 1e-3), r ∈ [−3, 3]; an optional minimum
+The setting of ``proofs/README.md``: μ with full support (min μ ≥ 1e-3), r ∈ [−3, 3]; an optional minimum
 gap between any two rewards keeps instances away from ties, where several statements change.
 """
 

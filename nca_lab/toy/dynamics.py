@@ -1,4 +1,4 @@
-"""Finite-data training dynamics in the toy bandit world (PROPOSITIONS 15–18).
+"""Finite-data training dynamics in the toy bandit world (Propositions 15–18 of ``proofs/README.md``).
 
 A batch of G independent problems (one per seed) is trained at once: problem g has X contexts,
 Y responses, a reference μ[g, x, ·], rewards r[g, x, ·] and a finite dataset of N tuples of K

@@ -11,14 +11,14 @@ log-probabilities ``logpi`` over the response set Y. Nothing is sampled:
 - **one-dimensional integrals** (large K, ``nca`` only): NCA's tuple loss is a sum of per-response
   terms, so its expectation is Σ_y μ_y [−c_y log σ(f_y) − log σ(−f_y)] with c_y = K·E[w | y drawn].
   For softmax labels c_y = K a_y E[1/(a_y + S)], S the sum of K−1 i.i.d. draws of a = e^{r/α}, and
-  E[1/(a + S)] = ∫₀^∞ e^{−ta} φ(t)^{K−1} dt with φ(t) = E_μ e^{−t a} (DESIGN.md, the toy contract),
+  E[1/(a + S)] = ∫₀^∞ e^{−ta} φ(t)^{K−1} dt with φ(t) = E_μ e^{−t a} (the toy contract, :mod:`nca_lab.toy`),
   evaluated with mpmath's tanh–sinh quadrature at 25 significant digits — a different method from
   ``nca_lab.theory``'s scipy quadrature, so the two cross-check each other.
 
 Label sources (``labels``): ``"reward"`` (the drawn responses carry R = r), ``"bt"`` (K = 2,
 Bradley–Terry preferences R = (1, 0) in both orientations, optionally flipped with ``flip_rate``),
-``"loo"`` (R = r and the loss's leave-one-out labels, PROPOSITIONS 19), ``"exact_norm"`` (R = r and
-``label_weights`` e^{r_i/α}/(K·Z) with the true partition function, PROPOSITIONS 2), or a callable
+``"loo"`` (R = r and the loss's leave-one-out labels, Proposition 19), ``"exact_norm"`` (R = r and
+``label_weights`` e^{r_i/α}/(K·Z) with the true partition function, Proposition 2), or a callable
 ``fn(R: Tensor[N, K]) -> Tensor[N, K]`` returning ``label_weights`` for each drawn tuple (it must treat
 the K positions alike, as every rule above does, because a multiset row stands for all its orders).
 """

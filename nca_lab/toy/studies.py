@@ -1,4 +1,4 @@
-"""Empirical toy studies of PROPOSITIONS 16–18 (finite data, training dynamics).
+"""Empirical toy studies of Propositions 16–18 of ``proofs/README.md`` (finite data, training dynamics).
 
 Each study is a function ``config -> dict``: the config (seeds, sizes, training schedule, losses
 and hyperparameters) goes in, a JSON-serialisable dict comes out with the config echoed and every

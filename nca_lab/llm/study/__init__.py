@@ -1,4 +1,4 @@
-"""``python -m nca_lab.llm.study``: the verifiable-reasoning study of the NCA paper's four claims (issue 5).
+"""``python -m nca_lab.llm.study``: the verifiable-reasoning study of the NCA paper's four claims.
 
 An experiment that uses the trainer library (:mod:`nca_lab.llm.train` and the modules beside it) and is never
 imported by it.  One driver process runs the pipeline from a recipe ``llm/study/<scale>.yaml`` (``tiny``,

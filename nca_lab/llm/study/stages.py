@@ -40,7 +40,8 @@ __all__ = ["STAGES", "RECORD_KEYS", "stage_task", "stage_base", "stage_sample", 
            "stage_report"]
 
 STAGES = ("task", "base", "sample", "sweep", "seeds", "report")
-# Keys every alignment-run record carries (the contract for llm/results/*.json).
+# Keys every alignment-run record in llm/results/study_*.json carries, whatever else it holds: what was run (method,
+# K, seed, β, α), what it measured (accuracy, reward, KL to μ) and on what device.
 RECORD_KEYS = ("method", "k", "seed", "beta", "alpha", "accuracy", "reward", "kl", "device")
 
 

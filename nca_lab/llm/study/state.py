@@ -97,7 +97,7 @@ class Study:
         self.budgets = budgets
         self.state_path = out / "state.json"
         self.state: dict[str, Any] = {
-            "study": "verifiable-reasoning study of the NCA paper's four claims (issue 5)",
+            "study": "verifiable-reasoning study of the NCA paper's four claims",
             "scale": cfg.scale, "command": command, "device": _device_string(self.device),
             "versions": _versions(), "config": dataclasses.asdict(cfg), "budgets_s": budgets,
             "methods": {m: {"loss": METHODS[m].loss, "fixed": METHODS[m].fixed,
