@@ -37,7 +37,7 @@ def test_conversion_wrote_a_plain_verified_folder(real_model_dir):
 
 def test_folder_is_a_working_instruct_model(real_model_dir):
     """Loads without gguf (plain safetensors), keeps the tokenizer's chat template and special tokens, and
-    answers a factual prompt greedily as the issue's manual check did ("Paris")."""
+    answers a factual prompt greedily, as a person trying the model would ("Paris")."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(real_model_dir)
