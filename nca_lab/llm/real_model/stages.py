@@ -47,16 +47,25 @@ def evaluate(exp: Experiment, policy, split: str, n: int, *, kl: bool, greedy: b
     return out
 
 
+def k_samples(exp: Experiment, split: str, n: int, *, seed: int, desc: str):
+    """K temperature-1 samples of μ for each of the first ``n`` prompts of ``split``: (problems, ids, texts),
+    responses in prompt-major order."""
+    cfg, tok = exp.cfg, exp.tokenizer
+    problems = exp.problems(split, n)
+    prompts = prompt_ids(tok, [chat_prompt(p) for p in problems])
+    ids, texts = generate(exp.mu, tok, prompts, n=cfg.k, sample=True, max_new_tokens=cfg.max_new_tokens,
+                          batch_size=cfg.gen_batch_size, seed=seed, desc=desc)
+    return problems, ids, texts
+
+
 def stage_base(exp: Experiment, **_) -> None:
     """μ as shipped: format compliance and reward spread of K samples (validation); greedy/sampled on test."""
     if exp.done("base"):
         return
     t0 = time.perf_counter()
-    cfg, tok = exp.cfg, exp.tokenizer
-    problems = exp.problems("validation", cfg.n_validation_base)
-    prompts = prompt_ids(tok, [chat_prompt(p) for p in problems])
-    _, texts = generate(exp.mu, tok, prompts, n=cfg.k, sample=True, max_new_tokens=cfg.max_new_tokens,
-                        batch_size=cfg.gen_batch_size, seed=cfg.sample_seed + 1, desc="base: K samples")
+    cfg = exp.cfg
+    problems, _, texts = k_samples(exp, "validation", cfg.n_validation_base, seed=cfg.sample_seed + 1,
+                                   desc="base: K samples")
     rewards = [[score_text(p, texts[i * cfg.k + j]) for j in range(cfg.k)] for i, p in enumerate(problems)]
     validation = {
         "n_prompts": len(problems), "k": cfg.k,
@@ -84,10 +93,7 @@ def stage_sample(exp: Experiment, **_) -> None:
         return
     t0 = time.perf_counter()
     cfg, tok = exp.cfg, exp.tokenizer
-    problems = exp.problems("train", cfg.n_train)
-    prompts = prompt_ids(tok, [chat_prompt(p) for p in problems])
-    ids, texts = generate(exp.mu, tok, prompts, n=cfg.k, sample=True, max_new_tokens=cfg.max_new_tokens,
-                          batch_size=cfg.gen_batch_size, seed=cfg.sample_seed, desc="sample: K per prompt")
+    problems, ids, texts = k_samples(exp, "train", cfg.n_train, seed=cfg.sample_seed, desc="sample: K per prompt")
     rows, dropped, truncated = [], 0, 0
     for i, p in enumerate(problems):
         items = [(texts[i * cfg.k + j], ids[i * cfg.k + j]) for j in range(cfg.k)]
