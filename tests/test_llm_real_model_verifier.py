@@ -78,8 +78,18 @@ def test_format_and_prompt():
     assert follows_format("x\nAnswer: 3") and not follows_format("the answer is 3")
     assert stated_answer("Answer: 3 and Answer: -4") == -4
     assert spaced("9+8*6-1") == "9 + 8 * 6 - 1"
-    messages = chat_prompt(problem("9+8*6"))
+    messages = chat_prompt(problem("61+112"))
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert messages[-1]["content"] == "Compute 9 + 8 * 6."
+    assert messages[-1]["content"] == "Compute 61 + 112."
     # the worked example's own answer is right by the verifier (the example teaches the format)
-    assert score_text(problem("4+3*5"), messages[2]["content"]) == 1.0
+    assert score_text(problem("47+38"), messages[2]["content"]) == 1.0
+
+
+def test_the_chat_level_is_one_operation_and_its_splits_are_disjoint():
+    from nca_lab.llm.study.task import load_splits
+
+    splits = load_splits(level="chat")
+    ids = {name: {p.id for p in ps} for name, ps in splits.items()}
+    assert all(len(p.operators) == 1 and max(p.operands) <= 120 for ps in splits.values() for p in ps[:500])
+    assert not (ids["train"] & ids["test"]) and not (ids["train"] & ids["validation"])
+    assert not (ids["validation"] & ids["test"])

@@ -1,14 +1,15 @@
 """The arithmetic task phrased for an instruct model, and a verifier that scores free text.
 
-**Problems** are the fixed splits of :mod:`nca_lab.llm.study.task` (level ``chat``: 1-2 operations on numbers
-up to 20, usual precedence, e.g. ``12+15*8``), so train, validation and test prompts are disjoint by
-construction.
+**Problems** are the fixed splits of :mod:`nca_lab.llm.study.task` (level ``chat``: one operation on numbers up
+to 120, e.g. ``61+112``, ``32*2``), so train, validation and test prompts are disjoint by construction.
 
 **Prompt** (a chat conversation, rendered by the model's own chat template)::
 
-    system: You are a careful calculator. Work the problem out step by step, then write the final line
-            exactly as 'Answer: N'.
-    user:   Compute 9 + 8 * 6.
+    system:    You are a careful calculator. Work the problem out step by step, then write the final line
+               exactly as 'Answer: N'.
+    user:      Compute 47 + 38.                   (one worked example: the format and length of an answer)
+    assistant: 47 + 38 = 85.\nAnswer: 85
+    user:      Compute 61 + 112.
 
 **Verifier** (:func:`score_text`), for free text, documented and tested on real SmolLM2 outputs:
 
@@ -53,8 +54,8 @@ def spaced(expression: str) -> str:
 
 
 # One worked example (few-shot): shows the format and the length of a good answer.
-EXAMPLE = [{"role": "user", "content": "Compute 4 + 3 * 5."},
-           {"role": "assistant", "content": "3 * 5 = 15. 4 + 15 = 19.\nAnswer: 19"}]
+EXAMPLE = [{"role": "user", "content": "Compute 47 + 38."},
+           {"role": "assistant", "content": "47 + 38 = 85.\nAnswer: 85"}]
 
 
 def chat_prompt(problem: Problem) -> list[dict[str, str]]:
