@@ -50,6 +50,7 @@ def evaluate_policy_vs_reference(policy, reference, tokenizer, problems: Sequenc
                                  max_new_tokens: int, batch_size: int, seed: int, device=None) -> dict:
     """Greedy accuracy, mean sampled reward and KL(π‖μ) of ``policy`` on ``problems``.
 
+    ``per_prompt`` holds each prompt's greedy correctness and mean sampled reward (for paired comparisons).
     ``accuracy`` = fraction of greedy responses with verifier reward 1; ``reward`` = mean verifier reward of
     ``n_samples`` samples per prompt (temperature 1, no top-k/top-p); ``kl`` = mean over the same samples of
     Σ_t [log π(y_t|·) − log μ(y_t|·)] (sequence-level, responses cut at EOS or ``max_new_tokens``), ``kl_se`` its
@@ -75,6 +76,10 @@ def evaluate_policy_vs_reference(policy, reference, tokenizer, problems: Sequenc
         "well_formed": mean([parse_response(t) is not None for ts in texts for t in ts]),
         "mean_response_tokens": mean([len(r) for rs in ids for r in rs]),
         "example_greedy": greedy[:2],
+        # per-prompt outcomes, so that two runs evaluated on the same prompts can be compared prompt by prompt
+        # (nca_lab.llm.study.paired.paired_bootstrap)
+        "per_prompt": {"id": [p.id for p in problems], "correct": [int(r == 1.0) for r in greedy_rewards],
+                       "reward": [mean(rs) for rs in rewards]},
     }
     if reference is None:
         out.update(kl=0.0, kl_se=0.0)
