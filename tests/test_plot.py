@@ -89,20 +89,44 @@ def test_only_accepts_letters_and_names():
         plot.panel_names("z")
 
 
+def _in_git() -> bool:
+    proc = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def _committed_toy_figures() -> list[str]:
+    """Names of the committed ``figures/toy_*`` files: from ``HEAD`` in a git checkout (the main job, or an
+    earlier test, may have rewritten the working tree's copies), else from the folder (an unpacked release)."""
+    if _in_git():
+        out = subprocess.run(["git", "ls-tree", "--name-only", "HEAD", "figures/"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        return [Path(line).name for line in out.splitlines() if Path(line).name.startswith("toy_")]
+    return [p.name for p in (REPO_ROOT / "figures").glob("toy_*")]
+
+
+def _committed_text(path: str) -> str:
+    """A file as committed (``git show HEAD:path``), or the working tree's copy outside git."""
+    if _in_git():
+        return subprocess.run(["git", "show", f"HEAD:{path}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout
+    return (REPO_ROOT / path).read_text()
+
+
 @pytest.mark.slow
 def test_full_run_reproduces_the_committed_figures(tmp_path):
-    """``python -m nca_lab.toy.plot`` (the full run, about 90 s on 2 cores) regenerates every committed
-    figure: the same panels, and JSON numbers equal to ``figures/*.json`` (``tests/recorded.py``:
+    """``python -m nca_lab.toy.plot`` (the full run, about 90 s on 2 cores), run into a temporary folder,
+    regenerates every committed figure: the same panels, and JSON numbers equal to the committed
+    ``figures/*.json`` (read from git's ``HEAD``, not from the working tree, which the main job rewrites) (``tests/recorded.py``:
     identical structure, floats to rel 1e-3 across CPUs; rerun on an Intel Xeon against the record made
     on an AMD EPYC, b, c, e and f came out identical and a, d within the tolerance)."""
     proc = subprocess.run([sys.executable, "-m", "nca_lab.toy.plot", "--out", str(tmp_path)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    committed = sorted(p.name for p in (REPO_ROOT / "figures").glob("toy_*"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == committed
+    committed = _committed_toy_figures()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(committed)
     for name in _names():
         assert_reproduces(json.loads((tmp_path / f"{name}.json").read_text()),
-                          json.loads((REPO_ROOT / "figures" / f"{name}.json").read_text()))
+                          json.loads(_committed_text(f"figures/{name}.json")))
 
 
 def test_committed_figures_exist():
