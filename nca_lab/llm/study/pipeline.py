@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nca_lab.llm.study.recipe import REPO_ROOT, load_study_config, recipe_path
+from nca_lab.llm.study.recipe import RECIPES_DIR, REPO_ROOT, load_study_config, recipe_path
 from nca_lab.llm.study.stages import (STAGES, stage_base, stage_report, stage_sample, stage_seeds, stage_sweep,
                                       stage_task)
 from nca_lab.llm.study.state import Study
@@ -98,17 +98,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nca_lab.llm.study",
                                      description=study_package.__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--scale", help="recipe llm/study/<scale>.yaml (tiny, cpu, gpu)")
-    which.add_argument("--config", help="a recipe file instead of --scale")
-    parser.add_argument("--out", help="work directory (default runs/llm_study_<scale>)")
+    scales = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) or None
+    which.add_argument("--scale", choices=scales,
+                       help="recipe llm/study/<scale>.yaml (choices: %(choices)s; tiny: a smoke test, cpu: the "
+                            "recorded CPU study, gpu: the GPU scale); this or --config is required")
+    which.add_argument("--config", help="a recipe file instead of --scale (default: none)")
+    parser.add_argument("--out", help="work directory: mu, data, runs, state.json (default: runs/llm_study_<scale> "
+                                      "in the repository)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
-                        help="stages to run (a subset continues the study in --out)")
-    parser.add_argument("--time-budget-s", type=float, help="total budget; the recipe's stage budgets are scaled to it")
-    parser.add_argument("--resume", action="store_true", help="continue the study in --out")
-    parser.add_argument("--overwrite", action="store_true", help="delete the study in --out and start over")
-    parser.add_argument("--results-dir", help="where study_<scale>.json/.md go")
-    parser.add_argument("--figures-dir", help="where llm_<scale>_*.png/.json go")
-    parser.add_argument("--no-progress", action="store_true")
+                        help="stages to run; a subset continues the study in --out (choices: %(choices)s; default: "
+                             "all, in this order)")
+    parser.add_argument("--time-budget-s", type=float,
+                        help="total budget in seconds; the recipe's stage budgets are scaled to it (default: the "
+                             "recipe's own budgets)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the study in --out; recorded runs are not repeated (default: off)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the study in --out and start over (default: off; a fresh study refuses a "
+                             "non-empty --out)")
+    parser.add_argument("--results-dir", help="where study_<scale>.json/.md go (default: llm/results for the cpu "
+                                              "and gpu scales, --out otherwise)")
+    parser.add_argument("--figures-dir", help="where llm_<scale>_*.png/.json go (default: figures/ for the cpu and "
+                                              "gpu scales, <out>/figures otherwise)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (default: off, progress shown)")
     args = parser.parse_args(argv)
     command = "python -m nca_lab.llm.study " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     try:
