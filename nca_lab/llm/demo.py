@@ -9,6 +9,9 @@ closeness score, as in a scored (UltraFeedback-like) dataset, not just an order.
 The hook for a later task is :func:`demo_inputs`: it returns the model, the tokenizer and the records; the
 trainer does the rest exactly as for user data. :data:`DEMO_DEFAULTS` are the recipe values the demo uses
 for options not given on the command line or in a config file.
+
+``python -m nca_lab.llm.demo --save-model DIR`` saves the tiny Llama of :func:`save_demo_model` (random weights,
+seed 0) and its tokenizer into ``DIR``, a folder ``--model DIR`` loads like any hub model.
 """
 
 from __future__ import annotations
@@ -106,3 +109,24 @@ def demo_inputs(seed: int = 0):
                    f"random init) on {DEMO_SIZE['n_prompts']} prompts 'a+b=' with K={DEMO_SIZE['k']} answers, "
                    "R = -|answer - (a+b)|")
     return model, tokenizer, records, report, description
+
+
+def main(argv=None) -> int:
+    """``python -m nca_lab.llm.demo --save-model DIR [--seed N] [--hidden-size H] [--chat-template]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m nca_lab.llm.demo",
+                                description="Save the tiny Llama (random weights) and its offline tokenizer into a "
+                                            "folder that --model loads like a hub model.")
+    p.add_argument("--save-model", required=True, metavar="DIR", help="folder to write (required)")
+    p.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
+    p.add_argument("--hidden-size", type=int, default=32, help="hidden size; 2 layers, 4 heads (default: %(default)s)")
+    p.add_argument("--chat-template", action="store_true", help="give the tokenizer a chat template (default: off)")
+    a = p.parse_args(argv)
+    path = save_demo_model(a.save_model, seed=a.seed, hidden_size=a.hidden_size, chat_template=a.chat_template)
+    print(f"saved the tiny Llama and its tokenizer to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
