@@ -62,6 +62,22 @@ the proposition of ``proofs/README.md`` about its optimum):
 ``sft``        −log π(y_best) / |y_best|  (token-mean NLL of the best response)
 =============  ==============================================================================================
 
+The loss atlas (the field's other objectives at any K; TRL 1.16's loss types where it has them):
+
+=================  ==========================================================================================
+``exo``            Σ_i p_i (log p_i − log q_i), p = softmax(r_θ), q = (1−ε)w + ε(1−w)/(n−1)  (listwise EXO)
+``apo_zero``       (1 − σ(r_θ,w)) + σ(r_θ,l)
+``apo_down``       σ(r_θ,w) + 1 − σ(h)
+``discopop``       (1 − σ(h/τ))·(−log σ(h)) + σ(h/τ)·e^{−h}
+``bco_pair``       −log σ(r_θ,w) − log σ(−r_θ,l)
+``sigmoid_norm``   −log σ(β(g_w − g_l)), g = (log π_θ − log π_ref)/length  (length-normalised DPO)
+``sppo``           Σ_i (ρ_i − (P̂_i − ½)/β)², ρ = log π_θ − log π_ref, P̂_i = in-tuple win rate
+``plackett_luce``  −Σ_k [r_θ,σ(k) − log Σ_{j≥k} e^{r_θ,σ(j)}], σ = order by R  (listwise DPO)
+``astar_po``       mean_i (r_θ,i − R_i/α + log mean_j e^{R_j/α})²  (A*PO-style regression)
+``orpo``           −s_w − λ log σ(o_w − o_l), o = s − log(1 − e^s)  (reference-free)
+``kto``            mean over desirable/undesirable responses of 1 − σ(±β(ρ_i − z₀))
+=================  ==========================================================================================
+
 The registry :data:`LOSSES` maps each name to a :class:`LossSpec`: the function, whether it needs the
 reference, whether it uses lengths, whether it uses the scalar rewards (not only their order), whether it
 takes ``pairs``, and the paper's default hyperparameters (the CLI's defaults when a flag is not given).
@@ -103,6 +119,17 @@ __all__ = [
     "cpl",
     "simpo",
     "sft",
+    "exo",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "bco_pair",
+    "sigmoid_norm",
+    "sppo",
+    "plackett_luce",
+    "astar_po",
+    "orpo",
+    "kto",
 ]
 
 PAIR_MODES = ("best_worst", "best_rest", "all")
@@ -816,6 +843,360 @@ def sft(
 
 
 # --------------------------------------------------------------------------------------------
+# The loss atlas: the field's other objectives (TRL 1.16 loss types and listwise forms)
+# --------------------------------------------------------------------------------------------
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 − e^x) for x < 0, as TRL 1.16's ORPO computes it (branch at −ln 2)."""
+    t = -0.6931471805599453
+    return torch.where(x < t, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def exo(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    alpha: float = 1e-4,
+    eps: float = 1e-3,
+    validate: bool = True,
+) -> Tensor:
+    """Listwise EXO (Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment").
+
+    L = Σ_i p_i (log p_i − log q_i) = KL(p ‖ q) over the n valid responses, p = softmax(r_θ),
+    r_θ = β(log π_θ − log π_ref), q_i = (1 − ε)·w_i + ε·(1 − w_i)/(n − 1), w = softmax(R/α).
+    Shapes ``[B, K]`` → ``[B]``. Defaults β = 0.1, α = 1e-4 (labels one-hot on distinct rewards), ε = 1e-3
+    (TRL's ``label_smoothing`` for ``exo_pair``; ε ∈ [0, 0.5)). At K = 2 with hard labels this is TRL 1.16's
+    ``loss_type="exo_pair"`` with ``label_smoothing = ε``. With ε = 0 and softmax labels the free minimiser is
+    InfoNCA's r/α + C at every K; ε > 0 biases it (Proposition 21). Value at π_θ = π_ref: −log n − mean_i log q_i.
+    """
+    beta, alpha, eps = _positive("beta", beta), _positive("alpha", alpha), _check_eps(eps)
+    b = _prepare("exo", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    m = b.mask
+    logp = _masked_log_softmax(implicit_rewards(b.logps, b.ref, beta), m)
+    z = torch.where(m, b.rewards / alpha, torch.zeros_like(b.rewards))
+    logw = _masked_log_softmax(z, m)
+    # log(1 − w_i) = log Σ_{j≠i} w_j, exact even where w_i rounds to 1
+    K = z.shape[1]
+    others = m[:, None, :] & ~torch.eye(K, dtype=torch.bool, device=z.device)[None]
+    neg_inf = torch.full((), -math.inf, dtype=z.dtype, device=z.device)
+    log1mw = torch.logsumexp(torch.where(others, logw[:, None, :].expand(-1, K, -1), neg_inf), dim=-1)
+    log1mw = torch.where(m & torch.isfinite(log1mw), log1mw, torch.zeros_like(log1mw))
+    n = b.n_valid.clamp_min(2)[:, None]
+    first = math.log1p(-eps) + logw
+    if eps > 0:
+        logq = torch.logaddexp(first, math.log(eps) - torch.log(n - 1) + log1mw)
+    else:
+        logq = first
+    per = logp.exp() * (logp - logq)
+    return torch.where(m, per, torch.zeros_like(per)).sum(dim=1)
+
+
+def apo_zero(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    pairs: str = "best_worst",
+    validate: bool = True,
+) -> Tensor:
+    """APO-zero (D'Oosterlinck et al. 2024, "Anchored Preference Optimization"; TRL ``loss_type="apo_zero"``).
+
+    ℓ(w, l) = (1 − σ(r_θ,w)) + σ(r_θ,l), r_θ = β(log π_θ − log π_ref), averaged over the selected pairs.
+    Shapes ``[B, K]`` → ``[B]``. Value at π_θ = π_ref: 1. Default β = 0.1 (TRL). Bounded, so under
+    Bradley–Terry pairs it has no finite minimiser: r_θ → ±∞ with sign(p_win − ½) (Proposition 22).
+    """
+    beta = _positive("beta", beta)
+    _check_pairs(pairs)
+    b = _prepare("apo_zero", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    r = implicit_rewards(b.logps, b.ref, beta)
+    return _pairwise_scores(b, pairs, r, lambda w, l: (1 - torch.sigmoid(w)) + torch.sigmoid(l))
+
+
+def apo_down(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    pairs: str = "best_worst",
+    validate: bool = True,
+) -> Tensor:
+    """APO-down (D'Oosterlinck et al. 2024, "Anchored Preference Optimization"; TRL ``loss_type="apo_down"``).
+
+    ℓ(w, l) = σ(r_θ,w) + (1 − σ(r_θ,w − r_θ,l)), r_θ = β(log π_θ − log π_ref), averaged over the selected
+    pairs. Shapes ``[B, K]`` → ``[B]``. Value at π_θ = π_ref: 1. Default β = 0.1 (TRL).
+    """
+    beta = _positive("beta", beta)
+    _check_pairs(pairs)
+    b = _prepare("apo_down", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    r = implicit_rewards(b.logps, b.ref, beta)
+    return _pairwise_scores(b, pairs, r, lambda w, l: torch.sigmoid(w) + (1 - torch.sigmoid(w - l)))
+
+
+def discopop(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    tau: float = 0.05,
+    pairs: str = "best_worst",
+    validate: bool = True,
+) -> Tensor:
+    """DiscoPOP (Chris Lu et al. 2024, "Discovering Preference Optimization Algorithms with and for Large Language
+    Models"; TRL ``loss_type="discopop"``).
+
+    ℓ(w, l) = (1 − m)·(−log σ(h)) + m·e^{−h}, m = σ(h/τ), h = r_θ,w − r_θ,l, r_θ = β(log π_θ − log π_ref):
+    the log-ratio-modulated blend of the logistic and the exponential loss. Shapes ``[B, K]`` → ``[B]``.
+    Value at π_θ = π_ref: ½ ln 2 + ½. Defaults β = 0.1, τ = 0.05 (TRL's ``discopop_tau``, the paper's value).
+    """
+    beta, tau = _positive("beta", beta), _positive("tau", tau)
+    _check_pairs(pairs)
+    b = _prepare("discopop", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    r = implicit_rewards(b.logps, b.ref, beta)
+
+    def pair(w: Tensor, l: Tensor) -> Tensor:
+        h = w - l
+        m = torch.sigmoid(h / tau)
+        return -F.logsigmoid(h) * (1 - m) + torch.exp(-h) * m
+
+    return _pairwise_scores(b, pairs, r, pair)
+
+
+def bco_pair(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    pairs: str = "best_worst",
+    validate: bool = True,
+) -> Tensor:
+    """Pairwise BCO (Jung et al. 2024, "Binary Classifier Optimization"; TRL ``loss_type="bco_pair"``).
+
+    ℓ(w, l) = −log σ(r_θ,w) − log σ(−r_θ,l), r_θ = β(log π_θ − log π_ref), averaged over the selected pairs
+    (TRL 1.16's form: no running reward shift δ). Shapes ``[B, K]`` → ``[B]``. Value at π_θ = π_ref: 2 ln 2.
+    Default β = 0.1 (TRL). Under Bradley–Terry pairs: f* = logit p_win (Proposition 22).
+    """
+    beta = _positive("beta", beta)
+    _check_pairs(pairs)
+    b = _prepare("bco_pair", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    r = implicit_rewards(b.logps, b.ref, beta)
+    return _pairwise_scores(b, pairs, r, lambda w, l: -F.logsigmoid(w) - F.logsigmoid(-l))
+
+
+def sigmoid_norm(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    pairs: str = "best_worst",
+    validate: bool = True,
+) -> Tensor:
+    """Length-normalised DPO (TRL 1.16 ``loss_type="sigmoid_norm"``; DPO of Rafailov et al. 2023 on per-token log-ratios).
+
+    ℓ(w, l) = −log σ(β(g_w − g_l)), g = (log π_θ − log π_ref)/length. Shapes ``[B, K]`` → ``[B]``.
+    Value at π_θ = π_ref: ln 2. Default β = 0.1 (TRL). With ``lengths=None`` it is ``dpo``.
+    """
+    beta = _positive("beta", beta)
+    _check_pairs(pairs)
+    b = _prepare("sigmoid_norm", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    g = (b.logps - b.ref) / b.lengths
+    return _pairwise_scores(b, pairs, g, lambda w, l: -F.logsigmoid(beta * (w - l)))
+
+
+def sppo(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    validate: bool = True,
+) -> Tensor:
+    """SPPO (Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment"), hard win rates.
+
+    L = Σ_i (ρ_i − (P̂_i − ½)/β)² over the n valid responses, ρ = log π_θ − log π_ref (no β inside),
+    P̂_i = (1/(n−1)) Σ_{j≠i} ([R_i > R_j] + ½[R_i = R_j]): the win rate of response i against the other
+    n − 1 responses of its prompt (ties count ½). Shapes ``[B, K]`` → ``[B]``. Default β = 0.1 (TRL).
+    At K = 2 with distinct rewards P̂ = (1, 0) and this is TRL 1.16's ``loss_type="sppo_hard"``. Value at
+    π_θ = π_ref: Σ_i (P̂_i − ½)²/β². Under Bradley–Terry pairs (K = 2): ρ* = (p_win − ½)/β (Proposition 22).
+    The SPPO paper's P̂ comes from a preference model (PairRM); here it comes from the rewards R.
+    """
+    beta = _positive("beta", beta)
+    b = _prepare("sppo", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    R, m = b.rewards, b.mask
+    both = m[:, :, None] & m[:, None, :] & ~torch.eye(R.shape[1], dtype=torch.bool, device=R.device)[None]
+    win = (R[:, :, None] > R[:, None, :]).to(R.dtype) + 0.5 * (R[:, :, None] == R[:, None, :]).to(R.dtype)
+    p_hat = torch.where(both, win, torch.zeros_like(win)).sum(2) / (b.n_valid[:, None] - 1).clamp_min(1)
+    per = (b.logps - b.ref - (p_hat - 0.5) / beta) ** 2
+    return torch.where(m, per, torch.zeros_like(per)).sum(dim=1)
+
+
+def plackett_luce(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    validate: bool = True,
+) -> Tensor:
+    """Listwise DPO with a reference: the Plackett–Luce NLL of the ranking by R (Rafailov et al. 2023, DPO §A.3).
+
+    L = −Σ_{k=0}^{n−2} [ r_θ,σ(k) − log Σ_{j≥k} e^{r_θ,σ(j)} ], r_θ = β(log π_θ − log π_ref), σ = the valid
+    responses sorted by R descending. Ties in R: the stable sort keeps index order (the lower index ranks
+    first), so a tie is treated as a strict preference for the lower index (unlike the pairwise losses, which
+    skip tied pairs). Shapes ``[B, K]`` → ``[B]``. Default β = 0.1 (DPO). At K = 2 with distinct rewards it
+    is ``dpo``. Value at π_θ = π_ref: log n!. With rankings drawn from Plackett–Luce(e^r): f* = r + C at
+    every K (Proposition 24).
+    """
+    beta = _positive("beta", beta)
+    b = _prepare("plackett_luce", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    r = implicit_rewards(b.logps, b.ref, beta)
+    key = torch.where(b.mask, b.rewards, torch.full_like(b.rewards, -math.inf))
+    _, order = torch.sort(key, dim=1, descending=True, stable=True)
+    rs, ms = torch.gather(r, 1, order), torch.gather(b.mask, 1, order)
+    neg_inf = torch.full((), -math.inf, dtype=r.dtype, device=r.device)
+    z = torch.where(ms, rs, neg_inf)
+    # suffix logsumexp: lse_{j ≥ k} z_j
+    suffix = torch.logcumsumexp(z.flip(1), dim=1).flip(1)
+    active = ms & torch.cat([ms[:, 1:], torch.zeros_like(ms[:, :1])], dim=1)  # k has a valid successor
+    per = torch.where(active, rs - torch.where(active, suffix, torch.zeros_like(suffix)), torch.zeros_like(rs))
+    return -per.sum(dim=1)
+
+
+def astar_po(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 2e-3,
+    alpha: float = 0.5,
+    validate: bool = True,
+) -> Tensor:
+    """A*PO-style advantage regression (Brantley et al. 2025, "Accelerating RL for LLM Reasoning with Optimal
+    Advantage Regression").
+
+    L = mean_i (r_θ,i − t_i)² over the n valid responses, r_θ = β(log π_θ − log π_ref),
+    t_i = R_i/α − log mean_j e^{R_j/α} (j over the n valid responses, i included): the in-sample estimate of
+    NCA's target R/α − log E_μ e^{R/α}. Shapes ``[B, K]`` → ``[B]``. A*PO regresses β₂·log π/π_ref onto
+    R − V̂*, V̂* = β₁ log mean_j e^{R_j/β₁}; dividing by β₁ gives this form with α = β₁, β = β₂/β₁. Defaults
+    α = 0.5, β = 2e-3 (β₁ = ½, β₂ = 1e-3 as we read the paper; not checked against the authors' code). The
+    authors estimate V̂* from separate reference samples; here the K responses themselves serve, so the
+    finite-K optimum is biased by O(1/K) (Proposition 23). Value at π_θ = π_ref: mean_i t_i².
+    """
+    beta, alpha = _positive("beta", beta), _positive("alpha", alpha)
+    b = _prepare("astar_po", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    m = b.mask
+    z = torch.where(m, b.rewards / alpha, torch.zeros_like(b.rewards))
+    lse = torch.logsumexp(torch.where(m, z, torch.full_like(z, -math.inf)), dim=1, keepdim=True)
+    t = z - (lse - torch.log(b.n_valid.clamp_min(1)[:, None]))
+    per = (implicit_rewards(b.logps, b.ref, beta) - t) ** 2
+    return torch.where(m, per, torch.zeros_like(per)).sum(dim=1) / b.n_valid.clamp_min(1)
+
+
+def orpo(
+    policy_logps: Tensor,
+    ref_logps: Tensor | None,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    lam: float = 0.1,
+    pairs: str = "best_worst",
+    validate: bool = True,
+) -> Tensor:
+    """ORPO (Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference Model").
+
+    L = −s_best − λ·mean_{selected pairs} log σ(o_w − o_l), o = s − log(1 − e^s), s = logps / lengths
+    (reference-free). Shapes ``[B, K]`` → ``[B]``. Default λ = 0.1 (the paper; TRL ORPOConfig ``beta``).
+    The odds term is TRL 1.16's ``ORPOTrainer.odds_ratio_loss`` (with its log(1 − e^x)); s is clamped to
+    ≤ −1e-12 so that a response of probability 1 gives a finite loss. Differences from TRL: the SFT term is the
+    per-prompt token mean −s_best (TRL's cross-entropy averages over all chosen tokens of the batch); a prompt
+    whose responses all tie carries no preference and contributes 0 (SFT term included), as every pairwise
+    loss here. ``ref_logps`` is ignored.
+    """
+    lam = _positive("lam", lam)
+    _check_pairs(pairs)
+    b = _prepare("orpo", policy_logps, None, rewards, mask, lengths, needs_ref=False, min_valid=2, validate=validate)
+    s = torch.where(b.mask, b.logps / b.lengths, torch.full_like(b.logps, -1.0)).clamp_max(-1e-12)
+    odds = s - _log1mexp(s)
+    ratio = _pairwise_scores(b, pairs, odds, lambda w, l: -F.logsigmoid(w - l))
+    has_pair = _pair_weights(b, pairs).sum(dim=(1, 2)) > 0
+    best, _ = best_worst_indices(b.rewards, b.mask)
+    nll = -s.gather(1, best[:, None])[:, 0]
+    return torch.where(has_pair, nll, torch.zeros_like(nll)) + lam * ratio
+
+
+def kto(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor | None = None,
+    lengths: Tensor | None = None,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    validate: bool = True,
+) -> Tensor:
+    """KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization"; TRL 1.16 ``KTOTrainer``).
+
+    Response i of a prompt is desirable if it beats more of the prompt's valid responses than beat it
+    (#{j: R_j < R_i} > #{j: R_j > R_i}, i.e. it ranks above the median), undesirable if fewer, and left out if
+    as many (exact comparisons of R, no rounding; on pairwise data R = (1, 0) the chosen is desirable and the
+    rejected undesirable). With ρ = log π_θ − log π_ref and the reference point
+    z₀ = max(0, mean_i ρ_i) over the prompt's valid responses (detached: no gradient flows through it):
+    L = mean over the desirable and undesirable responses of
+        λ_D·(1 − σ(β(ρ_i − z₀)))  (desirable),   λ_U·(1 − σ(β(z₀ − ρ_i)))  (undesirable).
+    Shapes ``[B, K]`` → ``[B]``; a prompt whose responses all tie contributes 0. Defaults β = 0.1,
+    desirable_weight = undesirable_weight = 1 (TRL's KTOConfig). Given the same z₀ this is TRL's loss on the
+    prompt's responses (its ``nanmean`` over the examples). Difference from TRL: TRL estimates z₀ once per batch
+    as max(0, mean of log π/π_ref) over completions paired with other examples' prompts; here z₀ is per prompt,
+    from the prompt's own K responses, so the per-prompt contract holds. Value at π_θ = π_ref with unit weights: ½.
+    """
+    beta = _positive("beta", beta)
+    wd, wu = _nonneg("desirable_weight", desirable_weight), _nonneg("undesirable_weight", undesirable_weight)
+    b = _prepare("kto", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, min_valid=2, validate=validate)
+    m = b.mask
+    n = b.n_valid.clamp_min(1)[:, None]
+    rho = b.logps - b.ref
+    z0 = (torch.where(m, rho, torch.zeros_like(rho)).sum(1, keepdim=True) / n).clamp_min(0).detach()
+    R = b.rewards
+    both = m[:, :, None] & m[:, None, :]
+    beats = (both & (R[:, :, None] > R[:, None, :])).sum(2)
+    beaten = (both & (R[:, :, None] < R[:, None, :])).sum(2)
+    des = m & (beats > beaten)
+    und = m & (beats < beaten)
+    per = torch.where(des, wd * (1 - torch.sigmoid(beta * (rho - z0))), torch.zeros_like(rho))
+    per = per + torch.where(und, wu * (1 - torch.sigmoid(beta * (z0 - rho))), torch.zeros_like(rho))
+    count = (des | und).sum(1).to(rho.dtype)
+    return per.sum(1) / count.clamp_min(1)
+
+
+# --------------------------------------------------------------------------------------------
 # Registry and combinations
 # --------------------------------------------------------------------------------------------
 
@@ -877,6 +1258,18 @@ LOSSES: dict[str, LossSpec] = {
         _spec(cpl, needs_ref=False, uses_lengths=False, uses_reward_values=False),
         _spec(simpo, needs_ref=False, uses_lengths=True, uses_reward_values=False),
         _spec(sft, needs_ref=False, uses_lengths=True, uses_reward_values=False),
+        # the loss atlas
+        _spec(exo, needs_ref=True, uses_lengths=False, uses_reward_values=True),
+        _spec(apo_zero, needs_ref=True, uses_lengths=False, uses_reward_values=False),
+        _spec(apo_down, needs_ref=True, uses_lengths=False, uses_reward_values=False),
+        _spec(discopop, needs_ref=True, uses_lengths=False, uses_reward_values=False),
+        _spec(bco_pair, needs_ref=True, uses_lengths=False, uses_reward_values=False),
+        _spec(sigmoid_norm, needs_ref=True, uses_lengths=True, uses_reward_values=False),
+        _spec(sppo, needs_ref=True, uses_lengths=False, uses_reward_values=False),
+        _spec(plackett_luce, needs_ref=True, uses_lengths=False, uses_reward_values=False),
+        _spec(astar_po, needs_ref=True, uses_lengths=False, uses_reward_values=True),
+        _spec(orpo, needs_ref=False, uses_lengths=True, uses_reward_values=False),
+        _spec(kto, needs_ref=True, uses_lengths=False, uses_reward_values=False),
     ]
 }
 
