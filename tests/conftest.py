@@ -46,3 +46,9 @@ def real_model_dir(tmp_path_factory):
             os.environ.pop("NCA_LAB_MODEL_CACHE", None)
         else:
             os.environ["NCA_LAB_MODEL_CACHE"] = old
+
+
+# ------------------------------------------------------------------ what the theorem checker verified
+
+# A table after the run: one row per proposition (tests/test_prop_NN_*.py) with its statement and test counts.
+from theorem_summary import pytest_terminal_summary  # noqa: E402,F401
