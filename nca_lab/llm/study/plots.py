@@ -74,7 +74,10 @@ def _accuracy_vs_kl(result: dict, out_dir: Path, name: str) -> list[str]:
         ax.set_xlabel("KL(π‖μ) from samples (nats)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2, loc="best")
+    # the legend goes below both panels: inside either one it covers points (it hid IPO's in the CPU study)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, ncol=8, loc="lower center", bbox_to_anchor=(0.5, -0.1),
+               frameon=False)
     fig.suptitle(f"Accuracy and reward against KL — {_title(result)}", fontsize=9)
     return _save(fig, data, out_dir, name)
 
