@@ -83,6 +83,8 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_target_modules: str = "all-linear"
+    fsdp: bool = False  # FSDP2 through the Trainer/accelerate (nca_lab.llm.sharding); launch with torchrun/accelerate
+    fsdp_param_dtype: str | None = None  # FSDP2 mixed precision: float32 | bfloat16 (None: bfloat16 with --bf16)
     # bookkeeping
     output_dir: str | None = None
     overwrite: bool = False
@@ -106,7 +108,8 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _CHOICES = {"report_to": ("none", "tensorboard"), "save_strategy": ("steps", "epoch", "no"),
             "ref_mode": ("precompute", "online"), "pairs": ("best_worst", "best_rest", "all"),
-            "labels": ("softmax", "loo"), "schema": ("ultrafeedback", "nca", "pairwise", "hh", "generic")}
+            "labels": ("softmax", "loo"),
+            "fsdp_param_dtype": ("float32", "bfloat16"), "schema": ("ultrafeedback", "nca", "pairwise", "hh", "generic")}
 
 
 def _field_type(name: str) -> type:
@@ -244,6 +247,11 @@ _HELP = {
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha",
     "lora_target_modules": "LoRA target modules (comma-separated names, or all-linear)",
+    "fsdp": "shard parameters, gradients and optimizer state over the processes with FSDP2 (launch with torchrun or "
+            "accelerate launch; sharded checkpoints, the final model gathered into a plain Hugging Face folder)",
+    "fsdp_param_dtype": "FSDP2 mixed precision: dtype of the gathered parameters in forward/backward; gradients are "
+                        "reduced in float32 and the master weights stay float32 (default: bfloat16 with --bf16, else "
+                        "float32)",
     "output_dir": "where checkpoints, the final model and metrics.json go",
     "overwrite": "allow writing into a non-empty --output-dir (its contents may be replaced)",
     "resume": "continue from the last checkpoint in --output-dir",
@@ -338,6 +346,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError("--packed and --shared-prompt are two layouts: choose one")
     if cfg.resume and cfg.save_strategy == "no":
         raise ValueError("--resume needs checkpoints, but --save-strategy is 'no'")
+    from nca_lab.llm.sharding import check_fsdp_config
+
+    check_fsdp_config(cfg)
     loss_hparams(cfg)  # unknown loss / hyperparameter not accepted by the loss
 
 
