@@ -34,6 +34,9 @@ def t64(*rows):
 DESIGN_TABLE = [
     "infonca", "nca", "nca_pair", "dpo", "cdpo", "rdpo", "ipo", "hinge",
     "clha", "pro", "rrhf", "cpl", "simpo", "sft",
+    # the loss atlas (tests/test_losses_atlas.py)
+    "exo", "apo_zero", "apo_down", "discopop", "bco_pair", "sigmoid_norm", "sppo", "plackett_luce", "astar_po",
+    "orpo", "kto",
 ]  # fmt: skip
 
 
@@ -58,11 +61,12 @@ def test_registry_has_every_design_loss():
 
 def test_registry_flags():
     ref_free = {n for n, s in LOSSES.items() if not s.needs_ref}
-    assert ref_free == {"clha", "pro", "rrhf", "cpl", "simpo", "sft"}
-    assert {n for n, s in LOSSES.items() if s.uses_lengths} == {"ipo", "clha", "pro", "rrhf", "simpo", "sft"}
-    assert {n for n, s in LOSSES.items() if s.uses_reward_values} == {"infonca", "nca", "clha", "pro"}
+    assert ref_free == {"clha", "pro", "rrhf", "cpl", "simpo", "sft", "orpo"}
+    assert {n for n, s in LOSSES.items() if s.uses_lengths} == {"ipo", "clha", "pro", "rrhf", "simpo", "sft", "sigmoid_norm", "orpo"}
+    assert {n for n, s in LOSSES.items() if s.uses_reward_values} == {"infonca", "nca", "clha", "pro", "exo", "astar_po"}
     assert {n for n, s in LOSSES.items() if s.pairwise} == {
         "dpo", "cdpo", "rdpo", "ipo", "hinge", "nca_pair", "cpl", "simpo",
+        "apo_zero", "apo_down", "discopop", "bco_pair", "sigmoid_norm", "orpo",
     }  # fmt: skip
     # the paper defaults the CLI relies on
     assert LOSSES["dpo"].defaults["beta"] == 0.1
@@ -468,7 +472,7 @@ def test_error_messages():
     _err(lambda: L.ipo(lp, ref, R, lengths=t64([3.0, 0.0])), r"lengths\[0, 1\] = 0.0 must be > 0 \(empty response\)")
     _err(lambda: L.infonca(lp, ref, R, label_weights=t64([-1.0, 0.5])), r"label_weights\[0, 0\] = -1.0 must be finite and >= 0")
     _err(lambda: L.sft(lp, None, R, mask=torch.tensor([[False, False]])), r"sft: row 0 has 0 valid")
-    _err(lambda: get_loss("ncaa"), r"unknown loss 'ncaa'; known losses: cdpo, clha, cpl, dpo, .*sft, simpo")
+    _err(lambda: get_loss("ncaa"), r"unknown loss 'ncaa'; known losses: apo_down, apo_zero, .*cdpo, clha, cpl, .*dpo, .*sft, .*simpo")
     _err(lambda: get_loss("nca+0.1*sftt"), r"unknown loss 'sftt'")
     _err(lambda: get_loss("nca+-0.1*sft"), r"cannot parse loss")
     _err(lambda: get_loss(""), r"non-empty string")
