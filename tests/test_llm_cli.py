@@ -80,7 +80,7 @@ def test_bad_data_row_is_one_line_exit_2_without_traceback(tmp_path, model_dir):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "row 2" in last and "rewards" in last, proc.stderr[-2000:]
+    assert last.startswith("error: ") and "line 3" in last and "rewards" in last, proc.stderr[-2000:]
     assert sum(line.startswith("error: ") for line in proc.stderr.splitlines()) == 1
 
 
@@ -245,13 +245,13 @@ def _generic_with(row2: dict) -> list[dict]:
 
 BAD_DATA = [
     # (rows, the error line must contain these)
-    (_generic_with({"rewards": [1.0, math.nan, 0.0]}), ["row 2: rewards[1] is NaN"]),
-    (_generic_with({"rewards": [1.0, 0.0]}), ['row 2: "rewards" has 2 entries but "responses" has 3']),
-    (_generic_with({"responses": ["It is 4.", "", "No idea."]}), ["row 2: responses[1] is empty"]),
-    (_generic_with({"prompt": None}), ["row 2: prompt is missing"]),
+    (_generic_with({"rewards": [1.0, math.nan, 0.0]}), ["line 3: rewards[1] is NaN"]),
+    (_generic_with({"rewards": [1.0, 0.0]}), ['line 3: "rewards" has 2 entries but "responses" has 3']),
+    (_generic_with({"responses": ["It is 4.", "", "No idea."]}), ["line 3: responses[1] is empty"]),
+    (_generic_with({"prompt": None}), ["line 3: prompt is missing"]),
     ([{"instruction": f"q{i}", "completions": [{"response": "a", "overall_score": 3.0},
                                                {"overall_score": 1.0} if i == 2 else {"response": "b", "overall_score": 1.0}]}
-      for i in range(4)], ['row 2: completions[1] has no "response"']),
+      for i in range(4)], ['line 3: completions[1] has no "response"']),
 ]
 
 
@@ -269,7 +269,7 @@ def test_bad_eval_data_is_named_as_such(tmp_path, capsys, model_dir):
     good = write_jsonl(tmp_path / "train.jsonl", generic_rows(4))
     bad = write_jsonl(tmp_path / "eval.jsonl", _generic_with({"rewards": [1.0, math.inf, 0.0]}))
     assert main(["--model", model_dir, "--data", good, "--eval-data", bad, "--output-dir", str(tmp_path / "o")]) == 2
-    assert error_line(capsys).startswith(f"error: {bad}: row 2: rewards[1] is inf")
+    assert error_line(capsys).startswith(f"error: {bad}: line 3: rewards[1] is inf")
 
 
 def test_malformed_jsonl_is_one_line_not_a_traceback(tmp_path, capsys, model_dir):
@@ -277,7 +277,7 @@ def test_malformed_jsonl_is_one_line_not_a_traceback(tmp_path, capsys, model_dir
     path.write_text(json.dumps(generic_rows(1)[0]) + '\n{"prompt": "p", "responses": [\n')
     assert main(["--model", model_dir, "--data", str(path), "--output-dir", str(tmp_path / "o")]) == 2
     line = error_line(capsys)
-    assert line.startswith(f"error: cannot read {str(path)!r} as json") and "row 1" in line, line
+    assert line == f"error: {path}: line 2: malformed JSON: Expecting value at column 31", line
 
 
 def test_skip_invalid_rows_trains_on_the_rest_and_reports_why(tmp_path, capsys, model_dir):
@@ -302,4 +302,5 @@ def test_overlong_response_names_the_flags(tmp_path, capsys, model_dir):
     data = write_jsonl(tmp_path / "long.jsonl", rows)
     assert main(["--model", model_dir, "--data", data, "--max-length", "64", "--output-dir", str(tmp_path / "o")]) == 2
     line = error_line(capsys)
-    assert "row 3: responses[0] is over-long" in line and "--max-length" in line and "--drop-overlong" in line, line
+    assert f"{data}: line 4: responses[0] is over-long" in line, line
+    assert "--max-length" in line and "--drop-overlong" in line, line

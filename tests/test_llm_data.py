@@ -117,7 +117,7 @@ def test_pairwise_text_and_messages():
     rows = as_list(load_records(str(FIXTURES / "pairwise_text.jsonl"))[0])
     assert rows[0] == {"prompt": "What is the boiling point of water at sea level?",
                        "responses": ["100 degrees Celsius.", "50 degrees Celsius."], "rewards": [1.0, 0.0],
-                       "row": 0}
+                       "row": 0, "where": f"{FIXTURES / 'pairwise_text.jsonl'}: line 1"}
     rows = as_list(load_records(str(FIXTURES / "pairwise_messages.jsonl"))[0])
     assert rows[0]["prompt"] == [{"role": "system", "content": "You are terse."},
                                  {"role": "user", "content": "Capital of Italy?"}]
@@ -306,10 +306,10 @@ def test_error_row_number_is_the_dataset_index_from_a_file(tmp_path):
     assert (info.value.row, info.value.field) == (3, "A2_score")  # the attributes survive the source prefix
 
 
-def test_malformed_file_is_a_value_error_naming_the_file(tmp_path):
+def test_malformed_file_is_a_value_error_naming_the_file_and_line(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"prompt": "p", "responses": ["a", "b"], "rewards": [1, 2]}\n{"prompt": "p", "responses": [\n')
-    with pytest.raises(ValueError, match=rf"^cannot read {re.escape(repr(str(path)))} as json: .*row 1"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: line 2: malformed JSON: Expecting value"):
         load_records(str(path))
 
 

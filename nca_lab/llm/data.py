@@ -51,12 +51,13 @@ Row policy (``load_records`` / ``records_from_list``):
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 SCHEMAS = ("ultrafeedback", "nca", "pairwise", "hh", "generic")
 
@@ -81,6 +82,15 @@ FEWER_THAN_TWO = "fewer than 2 usable responses"
 ALL_TIE = "all rewards tie"
 NO_NUMERIC_RATING = "completion without numeric rating"
 MISSING_COMPLETION = 'missing completion ("N/A" filler or null)'
+DUPLICATE_SAME_REWARD = "a response repeated with the same reward"
+
+# |R| above this is refused at load time: the trainer holds rewards as float32 (max 3.4e38) and the soft labels
+# divide them by alpha (registry defaults down to 1e-4); up to 1e30, R / alpha and reward gaps stay finite in
+# float32 for any alpha >= 1e-8, so an absurd reward fails here, naming its row, not at the first step.
+MAX_ABS_REWARD = 1e30
+# Chat roles a message may have: what every chat template renders. ("tool" messages are not supported: the
+# records carry no tool calls for them to answer.)
+ROLES = ("system", "user", "assistant")
 
 
 class DataError(ValueError):
@@ -197,6 +207,10 @@ def _reward(value: Any, r: int, field_name: str) -> float:
         raise _error(r, field_name, "is NaN", "non-finite reward")
     if math.isinf(value):
         raise _error(r, field_name, f"is {value}", "non-finite reward")
+    if abs(value) > MAX_ABS_REWARD:
+        raise _error(r, field_name, f"is {value:g}, beyond the bound |reward| <= {MAX_ABS_REWARD:g} (rewards are "
+                     "float32 in the trainer and divided by alpha in the soft labels; rescale them)",
+                     "reward out of range")
     return value
 
 
@@ -246,6 +260,15 @@ def _messages(value: Any, r: int, field_name: str) -> list[dict[str, str]]:
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not isinstance(content, str):
             raise _error(r, f"{field_name}[{j}]", 'needs string "role" and "content"', "wrong type")
+        if role not in ROLES:
+            raise _error(r, f"{field_name}[{j}].role", f"is {role!r}; expected one of {', '.join(ROLES)}",
+                         "unknown role")
+        # e.g. "tool_calls" or "name": a template would render them, the records cannot keep them. (null values:
+        # Arrow fills a struct field absent from this message with null.)
+        extra = sorted(key for key, v in message.items() if key not in ("role", "content") and v is not None)
+        if extra:
+            raise _error(r, f"{field_name}[{j}]", f"has keys {extra} besides \"role\" and \"content\"; only "
+                         "those two are supported", "wrong type")
         messages.append({"role": role, "content": content})
     return messages
 
@@ -258,7 +281,11 @@ def _prompt(value: Any, r: int, field_name: str = "prompt") -> str | list[dict[s
             raise _error(r, field_name, "is empty", "empty prompt")
         return value
     if isinstance(value, list):
-        return _messages(value, r, field_name)
+        messages = _messages(value, r, field_name)
+        if messages[-1]["role"] != "user":  # the response answers the last message
+            raise _error(r, f"{field_name}[{len(messages) - 1}].role", f"is {messages[-1]['role']!r}; a prompt's "
+                         "last message must be the user turn the responses answer", "prompt does not end in user")
+        return messages
     raise _error(r, field_name, f"must be a string or a list of messages, got {type(value).__name__}",
                  "wrong type")
 
@@ -457,6 +484,28 @@ def _pairwise(row: dict, r: int, *, transcripts_only: bool, as_messages: bool):
     return prompt, [("chosen", chosen, 1.0), ("rejected", rejected, 0.0)]
 
 
+def _check_duplicates(names: list[str], responses: list[str], rewards: list[float], r: int,
+                      report: DataReport | None) -> None:
+    """One response text with two different rewards (pairwise: chosen == rejected) is contradictory: refused.
+    Exact repeats with the same reward are kept (each is a sample) and noted."""
+    first: dict[str, int] = {}
+    repeats = 0
+    for k, text in enumerate(responses):
+        j = first.setdefault(text, k)
+        if j == k:
+            continue
+        if rewards[j] == rewards[k]:
+            repeats += 1
+        elif {names[j], names[k]} == {"chosen", "rejected"}:
+            raise _error(r, "chosen/rejected", "are the same response; one text cannot be both preferred and "
+                         "rejected", "identical chosen and rejected")
+        else:
+            raise _error(r, names[k], f"repeats {names[j]} with a different reward ({rewards[k]:g} vs "
+                         f"{rewards[j]:g}); one text cannot carry two rewards", "duplicate response, different rewards")
+    if repeats and report is not None:
+        report.count_note(DUPLICATE_SAME_REWARD)
+
+
 def convert_row(row: dict, schema: str, *, reward_field: str | None = None, row_index: int,
                 report: DataReport | None = None, hh_as_messages: bool = False) -> dict | None:
     """One source row → one record, or ``None`` when fewer than 2 usable responses remain.
@@ -479,6 +528,7 @@ def convert_row(row: dict, schema: str, *, reward_field: str | None = None, row_
         raise ValueError(f"unknown schema {schema!r}; known schemas: {', '.join(SCHEMAS)}")
     responses = [_response(text, r, name) for name, text, _ in items]
     rewards = [reward for _, _, reward in items]
+    _check_duplicates([name for name, _, _ in items], responses, rewards, r, report)
     if len(responses) < 2:
         if report is not None:
             report.count_row_drop(FEWER_THAN_TWO)
@@ -493,38 +543,56 @@ def convert_row(row: dict, schema: str, *, reward_field: str | None = None, row_
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _records_dataset(records: list[dict], rows: list[int], prompt_is_text: bool):
+def _records_dataset(records: list[dict], rows: list[int], prompt_is_text: bool, where: list[str] | None = None):
     import datasets
 
     prompt_feature = (datasets.Value("string") if prompt_is_text
                       else datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}))
-    features = datasets.Features({
+    features = {
         "prompt": prompt_feature,
         "responses": datasets.List(datasets.Value("string")),
         "rewards": datasets.List(datasets.Value("float64")),
         "row": datasets.Value("int64"),
-    })
-    return datasets.Dataset.from_dict({
+    }
+    columns = {
         "prompt": [rec["prompt"] for rec in records],
         "responses": [rec["responses"] for rec in records],
         "rewards": [rec["rewards"] for rec in records],
         "row": rows,
-    }, features=features)
+    }
+    if where is not None:  # "<file>: line N" of each kept row, for the tokeniser's errors
+        features["where"] = datasets.Value("string")
+        columns["where"] = [where[r] for r in rows]
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def _relabel(e: DataError, r: int, label: str) -> DataError:
+    """``e`` (whose message starts with ``row r``, as every :func:`convert_row` error does) named by ``label``."""
+    prefix = f"row {r}"
+    message = str(e)
+    message = label + message[len(prefix):] if message.startswith(prefix) else f"{label}: {message}"
+    return DataError(message, row=e.row, field=e.field, reason=e.reason)
 
 
 def _convert_rows(rows: Iterable[dict], schema: str, report: DataReport, *, reward_field: str | None,
-                  skip_invalid_rows: bool, hh_as_messages: bool):
-    """Convert every row (one pass, O(total size)); returns the records ``datasets.Dataset``."""
+                  skip_invalid_rows: bool, hh_as_messages: bool, where: Sequence[str] | None = None):
+    """Convert every row (one pass, O(total size)); returns the records ``datasets.Dataset``.
+
+    ``where[r]``: how errors name row ``r`` (e.g. ``"data.jsonl: line 4"``); default ``"row r"``.
+    """
     records, kept_rows = [], []
     prompt_kind: tuple[bool, int] | None = None  # (prompt is text, first row showing it)
+    label = (lambda r: f"row {r}") if where is None else where.__getitem__
     for r, row in enumerate(rows):
         report.rows_in += 1
         try:
             record = convert_row(row, schema, reward_field=reward_field, row_index=r, report=report,
                                  hh_as_messages=hh_as_messages)
         except DataError as e:
+            if where is not None:
+                e = _relabel(e, r, label(r))
             if not skip_invalid_rows:
-                raise
+                raise e from None
             report.count_row_drop(f"invalid row: {e.reason}")
             if len(report.examples) < 5:
                 report.examples.append(str(e))
@@ -536,20 +604,25 @@ def _convert_rows(rows: Iterable[dict], schema: str, report: DataReport, *, rewa
             prompt_kind = (is_text, r)
         elif prompt_kind[0] != is_text:
             kinds = {True: "a text prompt", False: "a message-list prompt"}
-            raise DataError(f"row {r}: prompt is {kinds[is_text]} but row {prompt_kind[1]} has "
+            raise DataError(f"{label(r)}: prompt is {kinds[is_text]} but {label(prompt_kind[1])} has "
                             f"{kinds[prompt_kind[0]]}; a dataset must use one prompt form", row=r, field="prompt",
                             reason="mixed prompt forms")
         records.append(record)
         kept_rows.append(r)
     report.rows_out = len(records)
     if not records:
-        raise DataError("no usable rows left after conversion:\n" + str(report), reason="no usable rows")
-    return _records_dataset(records, kept_rows, prompt_kind[0])
+        dropped = "; ".join(f"{n} x {reason}" for reason, n in sorted(report.dropped_rows.items())) or "none dropped"
+        first = f" (first: {report.examples[0]})" if report.examples else ""
+        raise DataError(f"no usable rows: {report.rows_in} rows in, 0 out ({dropped}){first}",
+                        reason="no usable rows")
+    return _records_dataset(records, kept_rows, prompt_kind[0], None if where is None else list(where))
 
 
 def records_from_list(rows: list[dict], schema: str | None = None, *, reward_field: str | None = None,
                       skip_invalid_rows: bool = False, hh_as_messages: bool = False, source: str = "<in-memory>"):
-    """In-memory rows → (records ``datasets.Dataset``, :class:`DataReport`); see :func:`load_records`."""
+    """In-memory rows → (records ``datasets.Dataset``, :class:`DataReport`); see :func:`load_records`.
+
+    Errors name a row by its 0-based index in ``rows`` (``row 3: ...``)."""
     if not rows:
         raise ValueError("rows is empty")
     if schema is None:
@@ -586,23 +659,105 @@ def _local_files(source: str) -> tuple[str, list[str]]:
     return builders.pop(), files
 
 
+def _json_error(path: str, line: int, text: str, e: json.JSONDecodeError) -> DataError:
+    hint = " (a trailing comma after the row?)" if e.msg == "Extra data" and text[e.pos:].strip() == "," else ""
+    return DataError(f"{path}: line {line}: malformed JSON: {e.msg} at column {e.colno}{hint}", field=None,
+                     reason="malformed JSON")
+
+
+def read_json_rows(path: str) -> tuple[list[dict], list[str]]:
+    """The rows of a local ``.json``/``.jsonl`` file, each decoded by ``json.loads`` exactly as written, and
+    where each one is: ``"<path>: line N"`` (JSON Lines, N counted from 1, blank lines skipped) or
+    ``"<path>: row i"`` (a JSON array of row objects, i counted from 0).
+
+    Every row is checked as written: no column type is shared between rows (a reader that builds typed columns
+    would turn a string reward "8.5" in one row into 8.5, or a NaN into null).  An empty, blank-only, non-UTF-8
+    or malformed file, or a row that is not a JSON object, raises :class:`DataError` naming the file and line.
+    """
+    data = open(path, "rb").read()
+    if not data:
+        raise DataError(f"{path}: the file is empty (0 bytes); it holds no rows", reason="empty file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+                        "data files must be UTF-8", reason="not UTF-8") from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark
+    if not text.strip():
+        raise DataError(f"{path}: the file holds only blank lines; it holds no rows", reason="empty file")
+    if text.lstrip().startswith("["):  # one JSON array of row objects
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _json_error(path, e.lineno, text, e) from None
+        if not value:
+            raise DataError(f"{path}: the file holds an empty JSON array; it holds no rows", reason="empty file")
+        for i, row in enumerate(value):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: row {i}: a row must be a JSON object, got {_json_type(row)}", row=i,
+                                reason="wrong type")
+        return value, [f"{path}: row {i}" for i in range(len(value))]
+    rows, where = [], []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == 1 and line.strip() == "{":
+                raise DataError(f"{path}: line 1: a JSON object spread over several lines; use JSON Lines (one row "
+                                "object per line) or a JSON array of row objects", reason="malformed JSON") from None
+            raise _json_error(path, n, line, e) from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {n}: a row must be a JSON object, got {_json_type(row)}",
+                            reason="wrong type")
+        rows.append(row)
+        where.append(f"{path}: line {n}")
+    return rows, where
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _select_split(n: int, split: str) -> list[int]:
+    """Row indices of ``split`` ("train", "train[:100]", "train[10%:]", ...) of a local source of ``n`` rows (a
+    local source is one split named "train", as in ``datasets``)."""
+    import datasets
+
+    indices: list[int] = []
+    for part in datasets.ReadInstruction.from_spec(split).to_absolute({"train": n}):
+        indices.extend(range(part.from_, part.to))
+    return indices
+
+
 def load_raw_dataset(source: str, split: str = "train"):
     """The source rows as a ``datasets.Dataset``: a local file/folder, else a Hugging Face Hub dataset id.
 
-    Local files form one split named "train" (``split`` may still slice it, e.g. ``"train[:100]"``).
+    Local files form one split named "train" (``split`` may still slice it, e.g. ``"train[:100]"``).  (The
+    trainer reads local JSON through :func:`read_json_rows`, which checks each row as written.)
     """
     import datasets
 
     if os.path.exists(source):
         builder, files = _local_files(source)
+        for f in files:
+            if os.path.getsize(f) == 0:
+                raise DataError(f"{f}: the file is empty (0 bytes); it holds no rows", reason="empty file")
         try:
-            return datasets.load_dataset(builder, data_files={"train": files}, split=split)
+            dataset = datasets.load_dataset(builder, data_files={"train": files}, split=split)
         except datasets.exceptions.DatasetGenerationError as e:
             # A malformed file (broken JSON line, a column whose type changes between rows): the reader's
             # own message (e.g. "JSON parse error: ... in row 2") sits in the cause, not in e itself.
             cause = e.__cause__ or e
             raise ValueError(f"cannot read {source!r} as {builder}: {str(cause).strip() or type(cause).__name__}"
                              ) from e
+        if len(dataset) == 0:
+            raise DataError(f"{source}: holds no rows", reason="empty file")
+        return dataset
     if source.startswith((".", "/", "~")) or os.path.splitext(source)[1].lower() in _LOCAL_FORMATS:
         raise FileNotFoundError(f"data file or folder {source!r} does not exist")
     return datasets.load_dataset(source, split=split)  # hub id (needs network)
@@ -614,17 +769,42 @@ def load_records(source: str, *, schema: str | None = None, reward_field: str | 
 
     ``source``: a local json/jsonl/parquet file, a folder of such files, or a Hub dataset id.  Returns
     ``(dataset, report)``: a ``datasets.Dataset`` with columns ``prompt`` (text or messages, one form per
-    dataset), ``responses`` (K strings), ``rewards`` (K floats) and ``row`` (the 0-based source row, so later
-    errors can name it), and a :class:`DataReport`.  See the module docstring for the row policy.
+    dataset), ``responses`` (K strings), ``rewards`` (K floats), ``row`` (the 0-based source row, over all files
+    of a folder, so later errors can name it) and ``where`` (the row's name in errors: ``"<file>: line N"`` for
+    JSON Lines, 1-based; ``"<file>: row i"`` for a JSON array, a parquet file or a Hub dataset, 0-based), and a
+    :class:`DataReport`.  Local JSON is decoded row by row as written (:func:`read_json_rows`).  See the module
+    docstring for the row policy.
     """
-    raw = load_raw_dataset(source, split)
-    if schema is None:
-        schema = detect_schema(raw.column_names, raw[0] if len(raw) else None)
+    if os.path.exists(source) and _local_files(source)[0] == "json":
+        _, files = _local_files(source)
+        rows, where = [], []
+        for f in files:
+            file_rows, file_where = read_json_rows(f)
+            rows += file_rows
+            where += file_where
+        try:
+            keep = _select_split(len(rows), split)
+        except (ValueError, AssertionError) as e:
+            raise ValueError(f"{source}: split {split!r}: {e}") from None
+        if len(keep) != len(rows):
+            rows, where = [rows[i] for i in keep], [where[i] for i in keep]
+        if not rows:
+            raise DataError(f"{source}: split {split!r} selects no rows", reason="no usable rows")
+        if schema is None:
+            schema = detect_schema(list(dict.fromkeys(key for row in rows for key in row)), rows[0])
+        source_rows: Iterable[dict] = rows
+    else:
+        raw = load_raw_dataset(source, split)
+        if schema is None:
+            schema = detect_schema(raw.column_names, raw[0] if len(raw) else None)
+        source_rows, where = _iter_rows(raw), [f"{source}: row {i}" for i in range(len(raw))]
     report = DataReport(source=source, schema=schema)
     try:
-        dataset = _convert_rows(_iter_rows(raw), schema, report, reward_field=reward_field,
-                                skip_invalid_rows=skip_invalid_rows, hh_as_messages=hh_as_messages)
+        dataset = _convert_rows(source_rows, schema, report, reward_field=reward_field,
+                                skip_invalid_rows=skip_invalid_rows, hh_as_messages=hh_as_messages, where=where)
     except DataError as e:
-        # name the source too: with --eval-data, "row 3" alone does not say which file it is in
+        if e.reason != "no usable rows":
+            raise
+        # name the source too: with --eval-data, the message alone does not say which file it is about
         raise DataError(f"{source}: {e}", row=e.row, field=e.field, reason=e.reason) from None
     return dataset, report

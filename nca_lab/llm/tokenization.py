@@ -57,7 +57,11 @@ def _appends_eos(tokenizer) -> bool:
     return bool(with_special) and with_special[-1] == eos and (not without or without[-1] != eos)
 
 
-def _row_name(row) -> str:
+def _row_name(row, rec: dict | None = None) -> str:
+    """How errors name a record: its ``where`` (``"<file>: line N"``, set by ``load_records``), else ``row N``."""
+    where = rec.get("where") if rec is not None else None
+    if where:
+        return where
     return f"row {row}" if row is not None else "record"
 
 
@@ -89,7 +93,7 @@ def _encode_with_template(records: list[dict], rows: list, tokenizer) -> list[tu
             if ids[:len(p_ids)] != p_ids:
                 first = next((j for j, (a, b) in enumerate(zip(ids, p_ids)) if a != b), min(len(ids), len(p_ids)))
                 raise DataError(
-                    f"{_row_name(row)}: the chat template breaks the prompt/response boundary for responses[{k}]: "
+                    f"{_row_name(row, rec)}: the chat template breaks the prompt/response boundary for responses[{k}]: "
                     f"the prompt's {len(p_ids)} tokens are not a prefix of prompt+response (first difference at "
                     f"token {first}), so response tokens cannot be identified exactly. Use a template whose "
                     "generation prompt ends at a token boundary, or tokenize without it (tokenizer.chat_template "
@@ -100,7 +104,7 @@ def _encode_with_template(records: list[dict], rows: list, tokenizer) -> list[tu
                 response = response[:last + 1]
             else:
                 response = response + [eos]
-            _check_no_inner_eos(response, eos, tokenizer, row, k)
+            _check_no_inner_eos(response, eos, tokenizer, row, k, _row_name(row, rec))
             responses.append(response)
         out.append((p_ids, responses))
     return out
@@ -111,7 +115,7 @@ def _encode_plain(records: list[dict], rows: list, tokenizer) -> list[tuple[list
     eos = _require_eos(tokenizer)
     for rec, row in zip(records, rows):
         if not isinstance(rec["prompt"], str):
-            raise DataError(f"{_row_name(row)}: prompt is a message list but the tokenizer has no chat template; "
+            raise DataError(f"{_row_name(row, rec)}: prompt is a message list but the tokenizer has no chat template; "
                             "give the tokenizer one (tokenizer.chat_template = ...) or use text prompts",
                             row=row, field="prompt", reason="messages without chat template")
     prompt_ids = _encode(tokenizer, [rec["prompt"] for rec in records], add_special_tokens=True)
@@ -123,28 +127,28 @@ def _encode_plain(records: list[dict], rows: list, tokenizer) -> list[tuple[list
     for rec, row, p_ids in zip(records, rows, prompt_ids):
         responses = [next(response_ids) + [eos] for _ in rec["responses"]]
         for k, response in enumerate(responses):
-            _check_no_inner_eos(response, eos, tokenizer, row, k)
+            _check_no_inner_eos(response, eos, tokenizer, row, k, _row_name(row, rec))
         out.append((p_ids, responses))
     return out
 
 
-def _check_no_inner_eos(response: list[int], eos: int, tokenizer, row, k: int) -> None:
+def _check_no_inner_eos(response: list[int], eos: int, tokenizer, row, k: int, name: str) -> None:
     """A response whose text holds the EOS token's string (e.g. ``<|im_end|>``) would end early at generation
     and train an end-of-turn mid-response: refuse it, naming row and response."""
     if eos in response[:-1]:
-        raise DataError(f"{_row_name(row)}: responses[{k}] contains the end-of-sequence token "
+        raise DataError(f"{name}: responses[{k}] contains the end-of-sequence token "
                         f"{tokenizer.eos_token!r} inside its text; remove it (every response ends with exactly one)",
                         row=row, field=f"responses[{k}]", reason="EOS inside response")
 
 
-def _fit(prompt_ids: list[int], response_ids: list[list[int]], rewards: list[float], row, *, max_length: int,
-         max_prompt_length: int | None, on_overlong: str, bos_id: int | None) -> dict:
+def _fit(prompt_ids: list[int], response_ids: list[list[int]], rewards: list[float], row, name: str, *,
+         max_length: int, max_prompt_length: int | None, on_overlong: str, bos_id: int | None) -> dict:
     """Apply the truncation policy to one record's untruncated ids."""
     kept = []
     for k, ids in enumerate(response_ids):
         if len(ids) + 1 > max_length:
             if on_overlong == "error":
-                raise DataError(f"{_row_name(row)}: responses[{k}] is over-long: {len(ids)} tokens (EOS included) "
+                raise DataError(f"{name}: responses[{k}] is over-long: {len(ids)} tokens (EOS included) "
                                 f"plus at least 1 prompt token exceed max_length={max_length}; responses are kept "
                                 "whole, so raise max_length (--max-length) or drop such responses (--drop-overlong, "
                                 "on_overlong='drop')",
@@ -179,8 +183,8 @@ def _tokenize_records(records: list[dict], rows: list, tokenizer, *, max_length:
                       max_prompt_length: int | None, on_overlong: str) -> list[dict]:
     encode = _encode_with_template if getattr(tokenizer, "chat_template", None) is not None else _encode_plain
     encoded = encode(records, rows, tokenizer)
-    return [_fit(p_ids, r_ids, rec["rewards"], row, max_length=max_length, max_prompt_length=max_prompt_length,
-                 on_overlong=on_overlong, bos_id=tokenizer.bos_token_id)
+    return [_fit(p_ids, r_ids, rec["rewards"], row, _row_name(row, rec), max_length=max_length,
+                 max_prompt_length=max_prompt_length, on_overlong=on_overlong, bos_id=tokenizer.bos_token_id)
             for rec, row, (p_ids, r_ids) in zip(records, rows, encoded)]
 
 
@@ -304,6 +308,13 @@ def tokenize_dataset(dataset, tokenizer, *, max_length: int, max_prompt_length: 
         report.response_length_max = int(flat_responses.max())
         report.response_length_mean = float(flat_responses.mean())
         report.sequence_length_max = int(max(p + max(r) for p, r in zip(kept_prompt, kept_responses)))
+    if report.rows_in and not report.rows_out:
+        # on_overlong="drop" left nothing to train on: refuse rather than train on 0 samples
+        where = dataset[0].get("where") if "where" in dataset.column_names else None
+        raise DataError(
+            f"{where.rsplit(': ', 1)[0] + ': ' if where else ''}every row was dropped: all {report.rows_in} rows have "
+            f"fewer than 2 responses that fit max_length={max_length} ({report.responses_dropped} over-long "
+            f"responses dropped, --drop-overlong); nothing to train on: raise --max-length", reason="all rows dropped")
     if report.rows_dropped:
         tokenized = tokenized.select(np.flatnonzero(keep))
     return tokenized.remove_columns(list(_STAT_COLUMNS)), report
