@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,7 @@ class TrainConfig:
     output_dir: str | None = None
     overwrite: bool = False
     resume: bool = False
+    resume_force: bool = False  # resume even though run_config.json records different settings
     report_to: str = "none"  # none | tensorboard
     logging_steps: int = 10
     save_strategy: str = "steps"  # steps | epoch | no (no: only the final model, no resumable checkpoints)
@@ -220,9 +222,10 @@ _HELP = {
     "epochs": "number of epochs (ignored when --max-steps > 0)",
     "max_steps": "optimizer steps (overrides --epochs when > 0)",
     "lr_scheduler": "transformers scheduler name (cosine, linear, constant, constant_with_warmup, ...)",
-    "warmup_ratio": "fraction of the steps with linear warm-up",
+    "warmup_ratio": "fraction of the steps with linear warm-up over W steps; step 1 already trains at lr/(W+1), "
+                    "reaching the peak lr after W steps",
     "weight_decay": "AdamW weight decay",
-    "max_grad_norm": "gradient clipping norm",
+    "max_grad_norm": "gradient clipping norm (0: no clipping)",
     "bf16": "bfloat16 mixed precision: float32 master weights, bf16 autocast (policy and reference alike)",
     "gradient_checkpointing": "recompute activations in the backward pass",
     "dropout": "keep the model's dropout (off by default so that the policy equals the reference at step 0)",
@@ -253,8 +256,11 @@ _HELP = {
                         "reduced in float32 and the master weights stay float32 (default: bfloat16 with --bf16, else "
                         "float32)",
     "output_dir": "where checkpoints, the final model and metrics.json go",
-    "overwrite": "allow writing into a non-empty --output-dir (its contents may be replaced)",
-    "resume": "continue from the last checkpoint in --output-dir",
+    "overwrite": "allow writing into a non-empty --output-dir: its checkpoint-* folders are removed once the new "
+                 "run's data, options and model have been checked, just before training starts",
+    "resume": "continue from the newest complete checkpoint in --output-dir; refused when a setting that defines "
+              "the run (loss, its hyperparameters, data content, model, K, ...) differs from its run_config.json",
+    "resume_force": "with --resume: continue even though settings differ from the run's run_config.json",
     "report_to": "none or tensorboard",
     "logging_steps": "log the loss and metrics every N steps",
     "save_strategy": "when to save resumable checkpoints: steps, epoch or no (the final model is always saved)",
@@ -267,15 +273,47 @@ _HELP = {
 }
 
 
+# What an unset (None) option means, for --help.
+_NONE_MEANS = {
+    "eval_data": "none", "reward_field": "the schema's usual field", "max_prompt_length": "only --max-length limits",
+    "attn_implementation": "the model's own", "output_dir": "required; the demo uses a fresh temporary directory",
+    "save_total_limit": "unlimited", "num_proc": "no worker processes",
+    **{name: "the loss's registry default" for name in HPARAM_FIELDS},
+}
+
+
+def _help_text(name: str) -> str:
+    """A flag's help with its choices and its default (the :class:`TrainConfig` value) appended."""
+    text = _HELP[name]
+    if name in _CHOICES:
+        text += f" (choices: {', '.join(_CHOICES[name])})"
+    if "default" not in text:
+        default = _FIELDS[name].default
+        if default is None:
+            shown = _NONE_MEANS.get(name, "not set")
+        elif isinstance(default, bool):
+            shown = "on" if default else "off"
+        else:
+            shown = default
+        text += f" (default: {shown})"
+    return text.replace("%", "%%")  # argparse formats help strings with %
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI parser. Every flag defaults to 'not given' so that the config file's values survive."""
+    """The CLI parser. Every flag defaults to 'not given' so that the config file's values survive; the defaults
+    that then apply are stated in each flag's help."""
+    from nca_lab.llm.demo import DEMO_DEFAULTS
+
+    demo = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO_DEFAULTS.items())
     p = _OneLineErrorParser(
         prog="python -m nca_lab.llm.train",
         description="Fine-tune a Hugging Face causal LM with a contrastive alignment loss from nca_lab.losses. "
                     "With neither --model nor --data: a small built-in demonstration (no network).",
+        epilog=f"The built-in demo changes these defaults: {demo}.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--config", help="YAML or JSON file with any of the options below (flags override it)")
+    p.add_argument("--config", help="YAML or JSON file with any of the options below (flags override it) "
+                                    "(default: none)")
     for name in _FIELDS:
         flag = "--" + name.replace("_", "-")
         if name == "stop_after_steps":
@@ -283,9 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         t = _field_type(name)
         if t is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=_HELP[name])
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=_help_text(name))
         else:
-            p.add_argument(flag, type=t, choices=_CHOICES.get(name), help=_HELP[name], metavar=name.upper())
+            p.add_argument(flag, type=t, choices=_CHOICES.get(name), help=_help_text(name), metavar=name.upper())
     return p
 
 
@@ -328,6 +366,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"{given} is given but {missing} is not; give both (or neither for the built-in demo)")
     if cfg.eval_data is not None and cfg.is_demo:
         raise ValueError("--eval-data needs --model and --data")
+    for name in _FIELDS:  # inf passes "> 0" and NaN fails every comparison: reject both by name first
+        value = getattr(cfg, name)
+        if _field_type(name) is float and value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    for name in ("weight_decay", "max_grad_norm"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     positive = {"lr": cfg.lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "max_length": cfg.max_length,
                 "logging_steps": cfg.logging_steps, "save_steps": cfg.save_steps, "chunk_size": cfg.chunk_size,
                 "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha}
@@ -344,6 +389,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"--warmup-ratio must lie in [0, 1), got {cfg.warmup_ratio}")
     if cfg.packed and cfg.shared_prompt:
         raise ValueError("--packed and --shared-prompt are two layouts: choose one")
+    if cfg.resume_force and not cfg.resume:
+        raise ValueError("--resume-force only applies together with --resume")
     if cfg.resume and cfg.save_strategy == "no":
         raise ValueError("--resume needs checkpoints, but --save-strategy is 'no'")
     from nca_lab.llm.sharding import check_fsdp_config
