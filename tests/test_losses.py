@@ -162,8 +162,10 @@ def test_hand_pair_modes():
 def test_hand_reference_free():
     s = [p / n for p, n in zip([-3.0, -5.0, -4.0], [2.0, 5.0, 4.0])]  # (-1.5, -1, -1)
     # CPL on summed log-probs: −log σ(α log π_w − λ α log π_l)
-    a, lam = 0.3, 0.6
-    assert L.cpl(PL, None, RW, alpha=a, lam=lam).item() == pytest.approx(-lsig(a * -3.0 - lam * a * -5.0), abs=1e-14)
+    # λ = 0.5: α(−3 + 0.5·5) = −0.5α, so the value depends on α and λ (with λ = 0.6 the argument was 0, ln 2 for every α)
+    for a, lam, expect in ((0.3, 0.5, math.log1p(math.exp(0.15))), (2.0, 0.5, math.log1p(math.exp(1.0))), (0.3, 1.0, math.log1p(math.exp(-0.6)))):
+        assert L.cpl(PL, None, RW, alpha=a, lam=lam).item() == pytest.approx(-lsig(a * -3.0 - lam * a * -5.0), abs=1e-14)
+        assert L.cpl(PL, None, RW, alpha=a, lam=lam).item() == pytest.approx(expect, abs=1e-14)
     # SimPO on length-normalised scores
     b, gm = 2.0, 0.4
     assert L.simpo(PL, None, RW, lengths=LEN, beta=b, gamma=gm).item() == pytest.approx(-lsig(b * (s[0] - s[1]) - gm), abs=1e-14)

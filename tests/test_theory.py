@@ -65,7 +65,10 @@ def test_infonca_optima_have_the_stated_shape_and_normalisation(inst, beta):
     assert np.exp(logpi).sum() == pytest.approx(1.0, abs=1e-12)
     # beta (log pi - log mu) = r/alpha + C: the policy reaches InfoNCA's free optimum for every beta
     assert np.ptp(beta * (logpi - np.log(mu)) - r / alpha) < 1e-10
-    np.testing.assert_allclose(T.nca_exact_normalisation_optimum(mu, r, alpha), f, atol=0)
+    # Proposition 2's optimum from its stationarity condition, not from infonca_optimum (which it returns):
+    # the expected label mass on y is μ_y e^{r_y/α}/Z, so σ(f)/σ(−f) = e^{f} = e^{r_y/α}/Z, Z by direct sum
+    direct = r / alpha - math.log(math.fsum(m * math.exp(v / alpha) for m, v in zip(mu, r)))
+    np.testing.assert_allclose(T.nca_exact_normalisation_optimum(mu, r, alpha), direct, atol=1e-12, rtol=0)
 
 
 # ------------------------------------------------------------------------------ NCA at finite K

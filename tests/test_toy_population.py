@@ -1,7 +1,7 @@
 """Software tests of the toy world's population losses, solver and instances (``nca_lab.toy``).
 
-The exact population loss is checked against a brute-force nested sum over ordered K-tuples (one
-registry-loss call per tuple, weight ∏ μ), for every registry loss, with and without reward ties; the
+The exact population loss is checked against a brute-force nested sum over ordered K-tuples (one call
+per tuple of the plain-Python oracle ``tests/reference_losses.py``, weight ∏ μ), for every registry loss, with and without reward ties; the
 Bradley–Terry expectation against its definition; the integral path against enumeration; gradients
 against finite differences. Tolerances: sums of ≤ 3⁴ float64 terms agree to ~1e-15 relative, 1e-12 is
 asserted; central differences with h = 1e-5 have truncation error ~h²·|f'''| ≈ 1e-10.
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import expit
+from reference_losses import DOCUMENTED_DEFAULTS, reference_loss
 from strategies import torch_one_thread  # noqa: F401 (autouse fixture)
 
 from nca_lab.losses import LOSSES
@@ -31,18 +32,22 @@ def hp_for(name):
     return out
 
 
+def tuple_loss(name, lp, ref, R, hp) -> float:
+    """One tuple's loss from the independent plain-Python oracle (``tests/reference_losses.py``), not the
+    registry loss under test; a loss the oracle does not cover falls back to the registry (then only the
+    enumeration machinery is checked)."""
+    if name in DOCUMENTED_DEFAULTS:
+        return reference_loss(name, list(lp), list(ref), list(R), **{**DOCUMENTED_DEFAULTS[name], **hp})
+    t = lambda v: torch.tensor(np.asarray(v)[None], dtype=torch.float64)  # noqa: E731
+    return float(LOSSES[name](t(lp), t(ref), t(R), **hp))
+
+
 def brute_force(name, logpi, mu, r, K, **hp):
     total = 0.0
     for tup in itertools.product(range(len(mu)), repeat=K):
         idx = list(tup)
         w = float(np.prod(mu[idx]))
-        val = LOSSES[name](
-            torch.tensor(logpi[idx][None], dtype=torch.float64),
-            torch.tensor(np.log(mu[idx])[None], dtype=torch.float64),
-            torch.tensor(r[idx][None], dtype=torch.float64),
-            **hp,
-        )
-        total += w * float(val)
+        total += w * tuple_loss(name, logpi[idx], np.log(mu[idx]), r[idx], hp)
     return total
 
 
@@ -82,13 +87,8 @@ def test_bt_labels_match_definition(name, flip):
         p = expit(r[y1] - r[y2])
         p = (1 - flip) * p + flip * (1 - p)
         for R, prob in (([1.0, 0.0], p), ([0.0, 1.0], 1 - p)):
-            val = LOSSES[name](
-                torch.tensor([[logpi[y1], logpi[y2]]], dtype=torch.float64),
-                torch.tensor([[math.log(mu[y1]), math.log(mu[y2])]], dtype=torch.float64),
-                torch.tensor([R], dtype=torch.float64),
-                **hp,
-            )
-            expected += mu[y1] * mu[y2] * prob * float(val)
+            val = tuple_loss(name, [logpi[y1], logpi[y2]], [math.log(mu[y1]), math.log(mu[y2])], R, hp)
+            expected += mu[y1] * mu[y2] * prob * val
     got = float(population_loss(name, logpi, mu, r, 2, "bt", flip_rate=flip, **hp))
     assert got == pytest.approx(expected, rel=1e-12)
 
