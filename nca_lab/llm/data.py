@@ -39,9 +39,18 @@ Supported schemas (``detect_schema`` picks one from the column names):
 
 Row policy (``load_records`` / ``records_from_list``):
 
-* An *invalid* row (missing field, NaN/inf/non-numeric reward, K mismatch, empty or whitespace-only response,
-  wrong type) stops loading with :class:`DataError` naming the row (0-based index in the source dataset) and the
-  field, e.g. ``row 3: A2_score is NaN``.  With ``skip_invalid_rows=True`` it is dropped and counted by reason.
+* An *invalid* row (missing field, NaN/inf/non-numeric/boolean reward, |reward| > ``MAX_ABS_REWARD`` = 1e30,
+  K mismatch, empty or whitespace-only response, wrong type, a message role other than system/user/assistant, a
+  message with keys besides role/content, a message-list prompt not ending in a user turn, chosen == rejected,
+  one response text given two different rewards) stops loading with :class:`DataError` naming the row and the
+  field.  With ``skip_invalid_rows=True`` it is dropped and counted by reason.  (An exact repeat of a response
+  with the *same* reward is kept and noted.)
+* How a row is named (one convention, in every message, tokenisation errors included): a JSON Lines file
+  ``<file>: line N`` (the physical line, counted from 1); a JSON array file, a parquet file or a Hub dataset
+  ``<source>: row i`` (counted from 0); in-memory rows ``row i`` (their index in the list), e.g.
+  ``data.jsonl: line 4: A2_score is NaN``.  Local JSON is decoded one row at a time exactly as written
+  (:func:`read_json_rows`), never through typed columns, so a value is judged by its own JSON type; an empty,
+  blank-only, non-UTF-8 or malformed file is a one-line :class:`DataError` naming file and line.
 * A prompt left with fewer than 2 usable responses (after "N/A" fillers and unrated completions are dropped) is
   dropped and counted: no contrastive loss is defined for it, so training never meets it.
 * A prompt whose rewards all tie is *kept* and counted as information ("all rewards tie"): the losses handle
