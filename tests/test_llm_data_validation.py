@@ -250,6 +250,18 @@ def test_skip_invalid_rows_counts_per_reason(tmp_path):
     assert sum(report.dropped_rows.values()) == report.rows_in - report.rows_out
 
 
+def test_skip_invalid_rows_drops_malformed_lines_and_counts_them(tmp_path):
+    path = jsonl(tmp_path / "broken.jsonl", [row(0), '{"prompt": "p", "responses": [', row(2), "[1, 2]",
+                                              row(4, rewards=[1.0, "x"]), '{"prompt": "cut off'])
+    assert str(load_error(path)) == f"{path}: line 2: malformed JSON: Expecting value at column 31"
+    dataset, report = load_records(path, skip_invalid_rows=True)
+    assert [r["where"] for r in dataset] == [f"{path}: line 1", f"{path}: line 3"]
+    assert report.dropped_rows == {"invalid row: malformed JSON": 2, "invalid row: wrong type": 1,
+                                   "invalid row: non-numeric reward": 1}
+    assert (report.rows_in, report.rows_out) == (6, 2)
+    assert report.examples[0] == f"{path}: line 2: malformed JSON: Expecting value at column 31"
+
+
 def test_no_usable_rows_is_one_line(tmp_path):
     path = jsonl(tmp_path / "none.jsonl", [row(0, rewards=[1.0, math.nan])])
     message = str(load_error(path, skip_invalid_rows=True))

@@ -674,14 +674,16 @@ def _json_error(path: str, line: int, text: str, e: json.JSONDecodeError) -> Dat
                      reason="malformed JSON")
 
 
-def read_json_rows(path: str) -> tuple[list[dict], list[str]]:
+def read_json_rows(path: str, skipped: list[DataError] | None = None) -> tuple[list[dict], list[str]]:
     """The rows of a local ``.json``/``.jsonl`` file, each decoded by ``json.loads`` exactly as written, and
     where each one is: ``"<path>: line N"`` (JSON Lines, N counted from 1, blank lines skipped) or
     ``"<path>: row i"`` (a JSON array of row objects, i counted from 0).
 
     Every row is checked as written: no column type is shared between rows (a reader that builds typed columns
     would turn a string reward "8.5" in one row into 8.5, or a NaN into null).  An empty, blank-only, non-UTF-8
-    or malformed file, or a row that is not a JSON object, raises :class:`DataError` naming the file and line.
+    or malformed file, or a row that is not a JSON object, raises :class:`DataError` naming the file and line;
+    with a ``skipped`` list given, a malformed JSON Lines line or a row that is not an object is appended to it
+    instead (``--skip-invalid-rows``), the file's other lines are still read.
     """
     data = open(path, "rb").read()
     if not data:
@@ -703,11 +705,18 @@ def read_json_rows(path: str) -> tuple[list[dict], list[str]]:
             raise _json_error(path, e.lineno, text, e) from None
         if not value:
             raise DataError(f"{path}: the file holds an empty JSON array; it holds no rows", reason="empty file")
+        rows, where = [], []
         for i, row in enumerate(value):
             if not isinstance(row, dict):
-                raise DataError(f"{path}: row {i}: a row must be a JSON object, got {_json_type(row)}", row=i,
-                                reason="wrong type")
-        return value, [f"{path}: row {i}" for i in range(len(value))]
+                error = DataError(f"{path}: row {i}: a row must be a JSON object, got {_json_type(row)}", row=i,
+                                  reason="wrong type")
+                if skipped is None:
+                    raise error
+                skipped.append(error)
+                continue
+            rows.append(row)
+            where.append(f"{path}: row {i}")
+        return rows, where
     rows, where = [], []
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -718,10 +727,15 @@ def read_json_rows(path: str) -> tuple[list[dict], list[str]]:
             if n == 1 and line.strip() == "{":
                 raise DataError(f"{path}: line 1: a JSON object spread over several lines; use JSON Lines (one row "
                                 "object per line) or a JSON array of row objects", reason="malformed JSON") from None
-            raise _json_error(path, n, line, e) from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: line {n}: a row must be a JSON object, got {_json_type(row)}",
-                            reason="wrong type")
+            error = _json_error(path, n, line, e)
+        else:
+            error = None if isinstance(row, dict) else DataError(
+                f"{path}: line {n}: a row must be a JSON object, got {_json_type(row)}", reason="wrong type")
+        if error is not None:
+            if skipped is None:
+                raise error from None
+            skipped.append(error)
+            continue
         rows.append(row)
         where.append(f"{path}: line {n}")
     return rows, where
@@ -786,9 +800,9 @@ def load_records(source: str, *, schema: str | None = None, reward_field: str | 
     """
     if os.path.exists(source) and _local_files(source)[0] == "json":
         _, files = _local_files(source)
-        rows, where = [], []
+        rows, where, skipped = [], [], ([] if skip_invalid_rows else None)
         for f in files:
-            file_rows, file_where = read_json_rows(f)
+            file_rows, file_where = read_json_rows(f, skipped)
             rows += file_rows
             where += file_where
         try:
@@ -798,7 +812,9 @@ def load_records(source: str, *, schema: str | None = None, reward_field: str | 
         if len(keep) != len(rows):
             rows, where = [rows[i] for i in keep], [where[i] for i in keep]
         if not rows:
-            raise DataError(f"{source}: split {split!r} selects no rows", reason="no usable rows")
+            first = f" (first: {skipped[0]})" if skipped else ""
+            raise DataError(f"{source}: no usable rows: split {split!r} selects no readable row{first}",
+                            reason="no usable rows")
         if schema is None:
             schema = detect_schema(list(dict.fromkeys(key for row in rows for key in row)), rows[0])
         source_rows: Iterable[dict] = rows
@@ -807,7 +823,13 @@ def load_records(source: str, *, schema: str | None = None, reward_field: str | 
         if schema is None:
             schema = detect_schema(raw.column_names, raw[0] if len(raw) else None)
         source_rows, where = _iter_rows(raw), [f"{source}: row {i}" for i in range(len(raw))]
+        skipped = None
     report = DataReport(source=source, schema=schema)
+    for e in skipped or ():  # lines that are no row at all (malformed JSON), dropped under skip_invalid_rows
+        report.rows_in += 1
+        report.count_row_drop(f"invalid row: {e.reason}")
+        if len(report.examples) < 5:
+            report.examples.append(str(e))
     try:
         dataset = _convert_rows(source_rows, schema, report, reward_field=reward_field,
                                 skip_invalid_rows=skip_invalid_rows, hh_as_messages=hh_as_messages, where=where)
