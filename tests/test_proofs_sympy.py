@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 PROOFS = Path(__file__).resolve().parent.parent / "proofs"
-SCRIPTS = ["sympy_infonca", "sympy_nca", "sympy_pairs", "sympy_gradients", "sympy_rdpo", "sympy_ipo", "sympy_single_pair"]
+SCRIPTS = ["sympy_infonca", "sympy_nca", "sympy_pairs", "sympy_gradients", "sympy_rdpo", "sympy_ipo", "sympy_single_pair",
+           "sympy_policy_gradient"]
 
 
 def _load(name: str):
@@ -65,6 +66,11 @@ def test_ipo(script, check):
 
 @pytest.mark.parametrize("script, check", _cases("sympy_single_pair"))
 def test_single_pair(script, check):
+    _run(script, check)
+
+
+@pytest.mark.parametrize("script, check", _cases("sympy_policy_gradient"))
+def test_policy_gradient(script, check):
     _run(script, check)
 
 
