@@ -19,12 +19,14 @@ to the remainder −Δ/(B·K·L_max) of Proposition 20 (b) when they are R − R
 ``"dapo"`` divides by the batch's completion-token count T instead (factor β·T/(B·K·α)); ``"grpo"`` by each
 completion's own length, a different direction.
 
-Measured (CPU, torch 2.13, TRL 1.16): Dr. GRPO at α = 1e4: 1 − cos = 1.4e-10, scale ratio 0.9999977 (remainder
-‖∇L_ours/factor − ∇L_TRL‖ = 1.3e-5 against the proved bound 1.6e-3; ‖∇L_TRL‖ = 0.76); exact variant at α = 0.5: 1 − cos = 7e-14, ratio 0.99999999 (raw advantages
-at that α: 1 − cos = 5e-2); GRPO standardised at c = 1e4: 1 − cos = 1.2e-9, ratio 0.9999936; dapo: 1 − cos =
-1.4e-10; grpo: 1 − cos = 0.17. Tolerances: cos ≥ 1 − 1e-6 (the remainder's perpendicular part is O(range/α) = 1e-4
-relative, so 1 − cos = O(1e-8); our head's float32 log-softmax adds ~1e-7 relative per entry), scale within
-1e-3 (measured 2e-6 to 7e-6; the proved bound, asserted separately, is 2e-3 relative here), exact variant to 1e-5·‖∇L_TRL‖ (float32 head).
+Measured (CPU, torch 2.13, TRL 1.16): Dr. GRPO at α = 1e4: 1 − cos = 1.4e-10, scale ratio 0.9999977
+(remainder ‖∇L_ours/factor − ∇L_TRL‖ = 1.3e-5 against the proved bound 1.6e-3; ‖∇L_TRL‖ = 0.76); exact variant
+at α = 0.5: 1 − cos = 7e-14, ratio 0.99999999 (raw advantages at that α: 1 − cos = 5e-2); GRPO standardised at
+c = 1e4: 1 − cos = 1.2e-9, ratio 0.9999936; dapo: 1 − cos = 1.4e-10; grpo: 1 − cos = 0.17.
+Tolerances: cos ≥ 1 − 1e-6 (the remainder's perpendicular part is O(range/α) = 1e-4 relative, so
+1 − cos = O(1e-8); our head's float32 log-softmax adds ~1e-7 relative per entry); scale within 1e-3 (measured
+2e-6 to 7e-6; the proved bound, asserted separately, is 2e-3 relative here); exact variant to 1e-5·‖∇L_TRL‖
+(float32 head).
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def test_infonca_at_reference_is_dr_grpo(world, tmp_path):
     factor = BETA * trainer.max_completion_length / alpha
     cos, ratio = _cos(g_ours, g_trl), float(g_ours.norm() / (factor * g_trl.norm()))
     print(f"dr_grpo, alpha={alpha:g}: 1 - cos = {1 - cos:.3e}, scale ratio = {ratio:.9f}")
-    # The remainder: g_ours/factor − g_trl = −Δ/(B·K·L_max), ‖Δ‖ ≤ Σ_b e·span_b²/α·Σ_i ‖∇ℓ_bi‖ (Proposition 20 (b));
+    # The remainder: g_ours/factor − g_trl = −Δ/(B·K·L_max), ‖Δ‖ ≤ Σ_b e·span_b²/α·Σ_i ‖∇ℓ_bi‖ (Prop. 20 (b));
     # plus float32 round-off of the two log-prob paths (our head's log-softmax is float32): 1e-5 relative.
     grads = per_sequence_gradients(model, prompts, completions).reshape(B, K, -1)
     spans = rewards.max(dim=1).values - rewards.min(dim=1).values

@@ -153,8 +153,9 @@ def test_prop_20_label_bound(K, data):
 @prop_settings(40)
 @given(worlds(max_k=8), st.floats(0.3, 3.0), st.floats(0.0, 4.0))
 def test_prop_20_policy_gradient_limit(world, beta, log10_ratio):
-    """(b), gradients: (Kα/β)(−∇InfoNCA) = Σ (R − R̄) ∇ℓ + Δ with ‖Δ‖ ≤ e·span²/α·Σ‖∇ℓ‖ (α ≥ span, per prompt),
-    the same for (2Kα/β)(−∇NCA); and α·Δ → ½ Σ ((R − R̄)² − mean) ∇ℓ (the remainder is Θ(1/α), not smaller)."""
+    """(b), gradients: (Kα/β)(−∇InfoNCA) = Σ (R − R̄) ∇ℓ + Δ with ‖Δ‖ ≤ e·span²/α·Σ‖∇ℓ‖ (α ≥ span,
+    per prompt), the same for (2Kα/β)(−∇NCA); and α·Δ → ½ Σ ((R − R̄)² − mean) ∇ℓ (the remainder is Θ(1/α),
+    not smaller)."""
     policy, idx, R = world
     K = idx.shape[1]
     span = (R.max(dim=1).values - R.min(dim=1).values).max().item()
