@@ -1,49 +1,56 @@
-"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for ``python -m nca_lab.llm.train --fsdp``, through the library path.
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for ``python -m nca_lab.llm.train --fsdp`` under torchrun/accelerate.
 
-The sharding is done by the transformers ``Trainer`` and accelerate (``TrainingArguments(fsdp=True,
-fsdp_config={"version": 2, ...})`` → accelerate's ``FullyShardedDataParallelPlugin(fsdp_version=2)`` →
-``accelerate.utils.fsdp_utils.fsdp2_prepare_model``); nothing here calls ``fully_shard`` itself. What this
-module adds is the configuration the chunked response-only head of :mod:`nca_lab.llm.logps` needs, and the
-two things the library does not do for us (a float32 gradient reduction under bf16, a full final model when
-checkpoints are sharded).
+Division of labour. The ``Trainer`` and accelerate run FSDP2 as they do for any model: ``TrainingArguments(fsdp=True,
+fsdp_config={"version": 2, "state_dict_type": "SHARDED_STATE_DICT"})`` → accelerate's
+``FullyShardedDataParallelPlugin(fsdp_version=2)``, which drives sharded checkpoints, ``--resume``, gradient
+clipping over DTensors and the full-state-dict gather of the final model. Only the *wrapping* — which modules
+become FSDP units — is done here (:func:`shard_model`), with ``fully_shard`` before the model is handed to the
+``Trainer``; accelerate's ``fsdp2_prepare_model`` then finds an ``FSDPModule`` and leaves it as it is (its
+documented behaviour for an already-sharded model), and its optimizer/parameter mapping works unchanged.
 
-Why the library wrapping suits the chunked head. :func:`nca_lab.llm.logps.sequence_logps` runs the model's
-root forward (with ``logits_to_keep=1``), captures the decoder's final hidden states, and applies the LM head
-itself *after* the root forward, on the response positions only. Under FSDP a module's parameters are
-all-gathered only by that module's own FSDP unit's pre-forward hook, so the head must be its own unit (or in
-a unit whose hooks run when the head is called), not part of the root unit whose parameters are resharded
-after the root forward. accelerate's ``fsdp2_prepare_model`` (accelerate >= 1.16, checked by
-:func:`check_fsdp_support`) builds exactly these units:
+Why not accelerate's own wrapping. :func:`nca_lab.llm.logps.sequence_logps` runs the model's root forward (with
+``logits_to_keep=1``), captures the decoder's final hidden states, and applies the LM head itself *after* the root
+forward, on the response positions only, in activation-checkpointed chunks (so the head also runs again inside the
+backward). accelerate 1.16 groups the final norm and the head into one "tail" unit (``fully_shard([norm,
+lm_head])``, plus the embedding when tied). A grouped unit's hooks assume each module of the group runs once per
+root forward; a second, standalone head call re-arms the group, which stays incomplete, and on two gloo processes
+the ranks' reduce-scatters then fell out of step (measured: ``Received data size doesn't match expected size``
+in the first backward). The wrapping here avoids per-call hooks on the head altogether:
 
-* one unit per decoder layer (``auto_wrap_policy="TRANSFORMER_BASED_WRAP"``: the model's ``_no_split_modules``,
-  e.g. ``LlamaDecoderLayer``; reshard after forward);
-* untied embeddings: the input embedding alone, and a "tail" unit ``[final norm, lm_head]`` with
-  ``reshard_after_forward=False``, so the head's full weight stays gathered from the root forward through our
-  later head calls and the backward;
-* tied embeddings (SmolLM2, ``tie_word_embeddings=True``): one unit ``[final norm, embed_tokens, lm_head]`` —
-  the shared weight lives in exactly one unit, as FSDP2 requires, gathered once at forward start;
-* the root (``*ForCausalLM``) unit for anything left.
+* one unit per decoder layer (the classes in the model's ``_no_split_modules``, e.g. ``LlamaDecoderLayer``),
+  resharded after forward (ZeRO-3-like);
+* untied embeddings: the input embedding as its own unit;
+* everything else — the final norm, the LM head and, with tied embeddings (SmolLM2, ``tie_word_embeddings=True``),
+  the shared embedding/head weight — in the *root* unit, which FSDP2 does not reshard after forward
+  (``reshard_after_forward=False``). The head's full weight is therefore gathered from the start of the root
+  forward until the end of the backward: our standalone head calls (and their recomputation in the backward)
+  use it like any other op, their gradients accumulate on the gathered parameter, and the root's post-backward
+  (FSDP2's end-of-backward callback) reduce-scatters them. A tied weight lives in exactly one unit, as FSDP2
+  requires. Memory: the same as accelerate's tail unit, which is not resharded after forward either.
 
-Calling the head again after the root forward therefore finds its unit's parameters gathered (its
-pre-forward hook is a no-op then), and the gradients of our head calls, including the recomputation in the
-backward of the activation-checkpointed chunks, are reduce-scattered by that unit's post-backward hook.
-The tests (``tests/test_llm_fsdp.py``) check the outcome end to end: two gloo CPU processes with FSDP2 end
-with the weights of a single-process run on the same global batch, tied and untied.
+The tests (``tests/test_llm_fsdp.py``) check the outcome end to end: two gloo CPU processes under FSDP2 end with
+the weights of a single-process run on the same global batch, with tied and untied embeddings.
 
-Mixed precision (``--fsdp-param-dtype``): FSDP2's ``MixedPrecisionPolicy``. ``bfloat16`` all-gathers and
-computes with bfloat16 parameters while the sharded master weights and AdamW stay float32 and gradients are
-reduce-scattered in float32 (accelerate's own ``--bf16`` default reduces in bfloat16; we override the
-plugin's policy before the model is prepared). ``float32``: no casting. Default: ``bfloat16`` with
-``--bf16``, else ``float32``.
+CPU (gloo) runs. accelerate 1.16 turns its FSDP plugin on only for accelerator devices (``AcceleratorState`` sets
+``distributed_type = FSDP`` and ``fsdp_plugin`` in its MULTI_GPU/XPU/NPU/... branch and ignores the plugin for
+MULTI_CPU). Multi-process CPU training is where the tests run, so there :func:`prepare_trainer` sets the same two
+attributes accelerate sets on a GPU (and the Trainer's ``is_fsdp_enabled`` derived from them); from there the
+code path (sharded checkpoints, resume, final save) is the one a GPU run takes. On GPUs nothing is changed.
 
-Checkpoints: ``state_dict_type="SHARDED_STATE_DICT"``: every ``checkpoint-N`` holds the model and the
-optimizer as ``torch.distributed.checkpoint`` folders (``pytorch_model_fsdp_0``, ``optimizer_0``), one shard per
-rank, which the Trainer's resume loads back (``--resume``). The final model in ``--output-dir`` is a plain
-Hugging Face folder (``model.safetensors`` + config), the full state dict gathered from all ranks
-(:func:`save_full_model`).
+Mixed precision (``--fsdp-param-dtype``): FSDP2's ``MixedPrecisionPolicy`` on every unit. ``bfloat16``
+all-gathers and computes with bfloat16 parameters while the sharded master weights and AdamW stay float32 and
+gradients are reduce-scattered in float32. ``float32``: no casting. Default: ``bfloat16`` with ``--bf16``, else
+``float32``. (With ``--bf16`` the Trainer's autocast also runs, and the reference log-probs are computed before
+sharding under that autocast with float32 weights, so the step-0 agreement holds to bf16 rounding only.)
 
-LoRA (``--lora``): the peft model is sharded the same way; the frozen base weights and the adapters share
-units (FSDP2 allows mixed ``requires_grad`` in a unit). The final save is the adapter folder, as without FSDP.
+Checkpoints: ``checkpoint-N`` holds the model and optimizer as ``torch.distributed.checkpoint`` folders
+(``pytorch_model_fsdp_0``, ``optimizer_0``), one shard per rank, written and read back (``--resume``) by the
+Trainer through accelerate. The final model in ``--output-dir`` is a plain Hugging Face folder
+(``model.safetensors`` + config, or the adapter folder with ``--lora``): the full state dict gathered from all
+ranks (:func:`save_full_model`).
+
+LoRA (``--lora``): the peft model is sharded the same way (adapters live in the units of the layers they adapt;
+FSDP2 allows frozen and trainable parameters in one unit).
 """
 
 from __future__ import annotations
@@ -51,14 +58,14 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["FSDP_PARAM_DTYPES", "check_fsdp_support", "fsdp_training_arguments", "fsdp_param_dtype",
-           "apply_mixed_precision", "save_full_model", "is_fsdp_model"]
+           "prepare_trainer", "shard_model", "mixed_precision_policy", "save_full_model", "is_fsdp_model"]
 
 FSDP_PARAM_DTYPES = ("float32", "bfloat16")
 
 
 def check_fsdp_support() -> None:
-    """ImportError (exit code 2 in the CLI) unless torch has FSDP2 and accelerate carves the LM head into its
-    own unit (see the module docstring)."""
+    """ImportError (exit code 2 in the CLI) unless torch has FSDP2 and accelerate has its FSDP2 plugin (tested:
+    torch 2.13, accelerate 1.16, transformers 5.24)."""
     import accelerate
     from packaging.version import Version
 
@@ -67,7 +74,7 @@ def check_fsdp_support() -> None:
     except ImportError as e:
         raise ImportError("--fsdp needs torch with FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.6)") from e
     if Version(accelerate.__version__) < Version("1.16.0"):
-        raise ImportError(f"--fsdp needs accelerate >= 1.16 (FSDP2 with the LM head in its own unit); found "
+        raise ImportError(f"--fsdp needs accelerate >= 1.16 (the version tested with FSDP2); found "
                           f"{accelerate.__version__}")
 
 
@@ -100,33 +107,90 @@ def fsdp_training_arguments(cfg) -> dict[str, Any]:
         return {}
     fsdp_config = {
         "version": 2,
-        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one unit per decoder layer (the model's _no_split_modules)
-        "reshard_after_forward": True,  # ZeRO-3-like; the tail unit with the head keeps its own False
+        # The wrapping itself is shard_model's (module docstring); accelerate leaves an FSDPModule as it is.
         "state_dict_type": "SHARDED_STATE_DICT",  # checkpoint-N: one shard per rank (torch.distributed.checkpoint)
         "cpu_ram_efficient_loading": False,  # every rank loads the weights (it also computes/loads the reference)
     }
-    if cfg.gradient_checkpointing:
-        # FSDP's own activation checkpointing (per decoder layer) instead of the Trainer's, which would
-        # all-gather every layer a second time in the backward.
-        fsdp_config["activation_checkpointing"] = True
     return {"fsdp": True, "fsdp_config": fsdp_config}
 
 
-def apply_mixed_precision(trainer, cfg) -> None:
-    """Set the FSDP2 ``MixedPrecisionPolicy`` (see the module docstring) on the trainer's accelerate plugin.
+def prepare_trainer(trainer, cfg) -> None:
+    """Finish the FSDP2 setup of a built ``Trainer`` (whose model :func:`shard_model` sharded) before ``train()``.
 
-    Must run after the ``Trainer`` is built (it creates the plugin) and before ``train()`` (which shards).
+    1. CPU (gloo) runs: accelerate 1.16 turns its FSDP plugin on only for accelerator devices (``AcceleratorState``
+       sets ``distributed_type = FSDP`` and ``fsdp_plugin`` in its MULTI_GPU/XPU/NPU/... branch and ignores the
+       plugin for MULTI_CPU). Multi-process CPU training is where the tests run, so for it we set the same two
+       attributes accelerate sets on a GPU (and the Trainer's ``is_fsdp_enabled`` flag it derives from them);
+       from there on the code path — ``Accelerator.prepare`` for FSDP2, sharded checkpoints, resume, the
+       full-state-dict save — is the one a GPU run takes. On GPUs nothing is changed.
+    2. The plugin's mixed-precision policy is set to the one :func:`shard_model` applied (for the record; the
+       model is already sharded).
     """
     if not cfg.fsdp:
         return
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    plugin = getattr(state, "fsdp_plugin", None)
+    if plugin is None:
+        if state.distributed_type != DistributedType.MULTI_CPU:
+            raise ValueError(f"--fsdp: accelerate did not set up FSDP for this launch ({state.distributed_type}); "
+                             "run it under torchrun or accelerate launch with 2 or more processes")
+        plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+        state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = plugin
+        # As AcceleratorState.__init__ does after choosing FSDP: every later AcceleratorState() copies this back.
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        trainer.is_fsdp_enabled = True
+    if getattr(plugin, "fsdp_version", None) != 2:
+        raise ValueError("--fsdp: the Trainer did not set up FSDP2 (accelerate's FSDP plugin is not version 2)")
+    plugin.mixed_precision_policy = mixed_precision_policy(cfg)
+    if not is_fsdp_model(trainer.model):
+        raise ValueError("--fsdp: the model was not sharded before the Trainer was built (call shard_model)")
+
+
+def mixed_precision_policy(cfg):
+    """FSDP2 policy: parameters gathered in ``--fsdp-param-dtype``, gradients reduced in float32."""
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    plugin = trainer.accelerator.state.fsdp_plugin
-    if plugin is None or getattr(plugin, "fsdp_version", None) != 2:
-        raise ValueError("--fsdp: the Trainer did not set up FSDP2 (accelerate's FSDP plugin is missing)")
-    param_dtype = getattr(torch, fsdp_param_dtype(cfg))
-    plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy(param_dtype=getattr(torch, fsdp_param_dtype(cfg)), reduce_dtype=torch.float32)
+
+
+def shard_model(model, cfg):
+    """Apply ``fully_shard`` as the module docstring explains; returns ``model`` (sharded in place).
+
+    Call on every process after the process group exists (``TrainingArguments`` creates it under torchrun /
+    accelerate launch) and before the model is given to the ``Trainer``. ``model``: a ``*ForCausalLM`` or a peft
+    model around one.
+    """
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from nca_lab.llm.logps import unwrap_causal_lm
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        raise ValueError("--fsdp needs 2 or more processes: launch with torchrun --nproc_per_node N or "
+                         "accelerate launch --num_processes N")
+    causal_lm = unwrap_causal_lm(model)
+    layer_names = set(getattr(causal_lm, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in layer_names]
+    if not layers:
+        raise ValueError(f"--fsdp: {type(causal_lm).__name__} names no decoder layer class (_no_split_modules: "
+                         f"{sorted(layer_names)}) to shard")
+    embed, head = causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()
+    if head is None or embed is None:
+        raise ValueError(f"--fsdp: {type(causal_lm).__name__} has no input/output embeddings")
+    kwargs = {"mp_policy": mixed_precision_policy(cfg)}
+    for layer in layers:
+        fully_shard(layer, reshard_after_forward=True, **kwargs)
+    tied = embed.weight is head.weight
+    if not tied:
+        fully_shard(embed, reshard_after_forward=True, **kwargs)
+    # The root: final norm, LM head (and the tied embedding); kept gathered from the forward through the backward.
+    fully_shard(model, reshard_after_forward=False, **kwargs)
+    return model
 
 
 def is_fsdp_model(model) -> bool:

@@ -149,6 +149,10 @@ def _check_extras(cfg: TrainConfig) -> None:
         raise ImportError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
     if cfg.lora and importlib.util.find_spec("peft") is None:
         raise ImportError("--lora needs peft: pip install 'nca_lab[lora]' (or pip install peft)")
+    if cfg.fsdp:
+        from nca_lab.llm.sharding import check_fsdp_support
+
+        check_fsdp_support()
 
 
 def _wrap_lora(model, cfg: TrainConfig):
@@ -173,6 +177,8 @@ def training_arguments(cfg: TrainConfig, output_dir: str):
     """The ``TrainingArguments`` of a run (seeded data order, so that ``--resume`` replays the same batches)."""
     import torch
     from transformers import TrainingArguments
+
+    from nca_lab.llm.sharding import fsdp_training_arguments
 
     evaluate = cfg.eval_data is not None and cfg.eval_steps is not None
     return TrainingArguments(
@@ -211,6 +217,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str):
         include_num_input_tokens_seen="no",
         logging_nan_inf_filter=False,
         torch_compile=cfg.torch_compile,
+        **fsdp_training_arguments(cfg),  # --fsdp: FSDP2 through accelerate (nca_lab.llm.sharding)
         disable_tqdm=not sys.stderr.isatty(),
     )
 
@@ -283,6 +290,8 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
     from nca_lab.llm.collate import ResponseCollator
     from nca_lab.llm.demo import demo_inputs
     from nca_lab.llm.reference import attach_ref_logps, compute_reference_logps
+    from nca_lab.llm.sharding import prepare_trainer as prepare_trainer_for_fsdp
+    from nca_lab.llm.sharding import save_full_model
     from nca_lab.llm.trainer import ContrastiveTrainer, StopAfterStepsCallback, disable_dropout
     from nca_lab.losses import get_loss
 
@@ -365,6 +374,10 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         _say(args, f"reference log-probs: {len(ref)} prompts in {ref_seconds:.1f} s (cache: {cache_dir})")
     if cfg.lora:
         model = _wrap_lora(model, cfg)
+    if cfg.fsdp:
+        from nca_lab.llm.sharding import shard_model
+
+        model = shard_model(model, cfg)  # FSDP2 units (nca_lab.llm.sharding); the Trainer/accelerate do the rest
 
     trainer = ContrastiveTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -375,13 +388,17 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         ref_model=ref_model, ref_adapters_disabled=loss.needs_ref and cfg.ref_mode == "online" and cfg.lora,
         full_logits=cfg.full_logits, sync_checks=cfg.sync_checks,
     )
+    prepare_trainer_for_fsdp(trainer, cfg)  # --fsdp: before train() shards the model (nca_lab.llm.sharding)
     _say(args, f"loss {loss.name} {resolved_hparams(cfg)}; {args.world_size} process(es); output: {output_dir}")
     train_output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     session_tokens = trainer.session_tokens_seen()
     final_eval = None
     if eval_ds is not None and cfg.eval_steps is None:
         final_eval = trainer.evaluate()
-    trainer.save_model(output_dir)  # model + tokenizer, save_pretrained format (main process only)
+    if cfg.fsdp:
+        save_full_model(trainer, output_dir)  # gathers the sharded weights (a collective), then as below
+    else:
+        trainer.save_model(output_dir)  # model + tokenizer, save_pretrained format (main process only)
 
     history = trainer.state.log_history
     train_logs = [h for h in history if "loss" in h]
