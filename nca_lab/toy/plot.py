@@ -162,10 +162,20 @@ def panel_nca_gap(seed: int, quick: bool) -> tuple[dict, Callable]:
         a1.set_xlabel("K"), a1.set_ylabel("K · (f*_K − f*_∞)")
         a1.set_title("NCA finite-K gap → c(y)/K (dashed: c(y))", fontsize=10)
         a1.legend(fontsize=7)
-        floor = 1e-17  # exact zeros (round-off) drawn at the floor of the log axis
+        # A log axis cannot show 0: errors that are exactly 0.0 in float64 are drawn as open markers on a
+        # marked floor line below every nonzero value, and the legend says so.
+        floor = 1e-17
+        a2.axhline(floor, color="0.6", lw=0.8, ls="--", label="exactly 0 in float64: open markers on this line (1e-17)")
         for vals, lab, st in ((shape_sm, "softmax: shape", "-"), (mass_sm, "softmax: mass", ":"),
                               (shape_loo, "LOO: shape", "-"), (mass_loo, "LOO: mass", ":")):
-            a2.loglog(Ks, np.maximum(np.abs(vals), floor), st, marker=".", label=lab)
+            v = np.abs(np.asarray(vals, dtype=float))
+            zero = v == 0.0
+            n_zero = int(zero.sum())
+            line, = a2.loglog(Ks, np.where(zero, floor, v), st, marker=".",
+                              label=lab + (f" ({n_zero} of {len(v)} K exactly 0)" if n_zero else ""))
+            if n_zero:
+                a2.plot(np.asarray(Ks)[zero], np.full(n_zero, floor), "o", ms=5, mfc="none", color=line.get_color())
+        a2.set_ylim(bottom=floor / 10)
         a2.set_xlabel("K"), a2.set_ylabel("error")
         a2.set_title("Shape or normalisation, not both (PROP 19)", fontsize=10)
         a2.legend(fontsize=7)
@@ -241,16 +251,46 @@ def panel_frontier(seed: int, quick: bool) -> tuple[dict, Callable]:
     bar.close()
 
     def draw(plt):
-        fig, ax = plt.subplots(figsize=(7.5, 5))
+        fig, ax = plt.subplots(figsize=(10, 5.5))
+        # β labels on the curves that spread out (the listwise losses and IPO); the pairwise losses' small-β
+        # points crowd together near KL 1.4, where labels would overlap
+        labelled = ("infonca", "nca", "ipo")
         for label, d in result["results"].items():
             kl, rw = np.asarray(d["kl_mean"]), np.asarray(d["reward_mean"])
-            ax.plot(kl, rw, marker="o", ms=3, label=f"{label} ({d['sweep']})")
+            line, = ax.plot(kl, rw, marker="o", ms=3, label=f"{label} ({d['sweep']})")
+            if d.get("loss", label) in labelled or label in labelled:
+                # neighbouring sweep values whose points nearly coincide share one label ("β=0.03, 0.01")
+                groups: list[list[int]] = []
+                for i in range(len(kl)):
+                    if groups and abs(kl[i] - kl[groups[-1][0]]) < 0.08 and abs(rw[i] - rw[groups[-1][0]]) < 0.06:
+                        groups[-1].append(i)
+                    else:
+                        groups.append([i])
+                sym = "α" if d["sweep"] == "alpha" else "β"
+                for g in groups:
+                    ax.annotate(f"{sym}=" + ", ".join(f"{d['values'][i]:g}" for i in g), (kl[g[0]], rw[g[0]]),
+                                xytext=(4, -9), textcoords="offset points", fontsize=7, color=line.get_color())
+        ax.set_xlim(right=1.15 * max(max(d["kl_mean"]) for d in result["results"].values()))  # room for labels
         ax.axhline(result["scale"]["reference_reward"], color="0.5", ls=":", lw=1, label="E_μ r")
         ax.axhline(result["scale"]["max_reward"], color="0.3", ls="--", lw=1, label="max_y r")
         ax.set_xlabel("KL(π‖μ) (mean over contexts and seeds)")
         ax.set_ylabel("E_π r")
         ax.set_title("Reward–KL frontier per loss (tabular, K = 4, final step of each sweep value)", fontsize=10)
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        # a curve turns back where a smaller β ends at a smaller KL: name the largest such turn
+        turns = []
+        for label, d in result["results"].items():
+            kl, vals = np.asarray(d["kl_mean"]), d["values"]
+            order = np.argsort(vals)  # small β first: KL should fall as β grows
+            for i, j in zip(order[:-1], order[1:]):
+                if kl[i] < kl[j] - 0.1:
+                    turns.append((kl[j] - kl[i], label, vals[j], kl[j], vals[i], kl[i]))
+        note = "points joined in sweep order (β, CPL: α)"
+        if turns:
+            _, label, vj, kj, vi, ki = max(turns)
+            note += (f"; at small β the step budget, not β, sets the end point, so a curve can\nturn back "
+                     f"({label}: KL {kj:.2f} at β = {vj:g}, {ki:.2f} at β = {vi:g})")
+        ax.text(0.99, 0.04, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         return fig
 
     return result, draw
@@ -278,26 +318,38 @@ def panel_ipo_dpo(seed: int, quick: bool) -> tuple[dict, Callable]:
     )
     steps, lr = (400 if quick else 4000), 0.25
     pairs = {"a>b": (0, 1), "b>c": (1, 2), "a>c": (0, 2)}
+    # every step is trained and recorded, the JSON keeps ~120 log-spaced steps (every one of the first ten):
+    # IPO converges within ten steps (contraction 1 − 2·lr = 0.5 per step), which an even spacing would skip
+    keep = np.unique(np.concatenate([[0], np.round(np.geomspace(1, steps, 120)).astype(int)]))
     runs = {}
     for loss in _bar(("ipo", "dpo"), "e: ipo/dpo"):
         traj = train(problem, loss, hparams={"beta": tau}, policy="tabular", optimizer="gd", lr=lr,
-                     steps=steps, record_every=max(1, steps // 200))
-        g = traj.logpi[:, 0, 0, :] - np.log(1.0 / 3.0)
-        runs[loss] = {"steps": traj.steps, **{k: g[:, w] - g[:, l] for k, (w, l) in pairs.items()}}
+                     steps=steps, record_every=1)
+        idx = np.searchsorted(np.asarray(traj.steps), keep)
+        g = traj.logpi[idx, 0, 0, :] - np.log(1.0 / 3.0)
+        runs[loss] = {"steps": np.asarray(traj.steps)[idx], **{k: g[:, w] - g[:, l] for k, (w, l) in pairs.items()}}
     target = theory.ipo_three_action_example(tau)
     data = {"tau": tau, "lr": lr, "ipo_closed_form": {f"{w}>{l}": v for (w, l), v in target.items()}, "runs": runs}
 
     def draw(plt):
         fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        # a>b and b>c are equal at every step (the problem is symmetric under a <-> c with reversed order),
+        # so b>c is drawn dashed on top of a solid, wider a>b and the legend says they coincide
+        styles = {"a>b": dict(lw=3.5, alpha=0.5), "b>c": dict(lw=1.5, ls=(0, (4, 3))), "a>c": dict(lw=1.5)}
         for ax, loss in zip(axes, ("ipo", "dpo")):
             d = runs[loss]
+            same = np.allclose(d["a>b"], d["b>c"], rtol=0, atol=1e-9)
             for k in pairs:
-                line, = ax.plot(d["steps"], d[k], label=k)
+                lab = k + (" (equal to b>c: under it)" if k == "a>b" and same else "")
+                line, = ax.plot(d["steps"], d[k], label=lab, marker="." if k == "a>c" else None, ms=3, **styles[k])
                 if loss == "ipo":
-                    ax.axhline(data["ipo_closed_form"][k], color=line.get_color(), ls="--", lw=1)
-            ax.set_xlabel("gradient-descent step"), ax.set_ylabel("log-ratio margin h(w, l)")
-            ax.set_title(f"{loss.upper()} (τ = β = {tau})" + ("  dashed: 1/(3τ), 2/(3τ)" if loss == "ipo" else ": no minimiser"), fontsize=10)
-            ax.legend(fontsize=8)
+                    ax.axhline(data["ipo_closed_form"][k], color=line.get_color(), ls=":", lw=1)
+            # symlog: step 0 (π = μ) on a linear piece, then a log axis that shows IPO's first steps
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(0, steps * 1.3)
+            ax.set_xlabel("gradient-descent step (log scale after 1)"), ax.set_ylabel("log-ratio margin h(w, l)")
+            ax.set_title(f"{loss.upper()} (τ = β = {tau})" + ("  dotted: 1/(3τ), 2/(3τ)" if loss == "ipo" else ": no minimiser"), fontsize=10)
+            ax.legend(fontsize=8, loc="lower right" if loss == "ipo" else "upper left")
         return fig
 
     return data, draw
@@ -329,14 +381,31 @@ def panel_cpl_bias(seed: int, quick: bool) -> tuple[dict, Callable]:
             "increasing_as_lambda_falls": monotone}
 
     def draw(plt):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8.5, 4.8))
+        # colour = α, line style and marker = instance; the curves that turn down are named at their end
+        inst_styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
         for (name, rows), color in zip(curves.items(), ("C0", "C1", "C2")):
             for i, row in enumerate(rows):
-                ax.plot(lams, row, color=color, marker=".", alpha=0.8, label=name if i == 0 else None)
+                ls, mk = inst_styles[i % len(inst_styles)]
+                ax.plot(lams, row, color=color, ls=ls, marker=mk, ms=3, alpha=0.85)
+                if not monotone[name][i]:
+                    top = int(np.argmax(row))
+                    ax.plot([lams[top]], [row[top]], "x", color="black", ms=8, mew=1.5, zorder=5)
+        from matplotlib.lines import Line2D
+
+        alpha_handles = [Line2D([], [], color=c, lw=2, label=n.replace("alpha", "α"))
+                         for n, c in zip(curves, ("C0", "C1", "C2"))]
+        inst_handles = [Line2D([], [], color="0.3", ls=ls, marker=mk, ms=3, label=f"instance {i + 1}")
+                        for i, (ls, mk) in enumerate(inst_styles[:len(insts)])]
+        turning = [f"{n.replace('alpha', 'α')} instance {i + 1}" for n, flags in monotone.items()
+                   for i, ok in enumerate(flags) if not ok]
+        extra = [Line2D([], [], ls="none", marker="x", color="black", ms=7, mew=1.5,
+                        label="peak of a curve that turns down:\n" + ", ".join(turning))] if turning else []
+        ax.legend(handles=alpha_handles + inst_handles + extra, fontsize=7, loc="upper left")
         ax.set_xlabel("λ (CPL conservative bias)"), ax.set_ylabel("max_y |Δ centred log π*|")
         ax.invert_xaxis()
-        ax.set_title("CPL's distance from the λ = 1 optimum r/α as λ falls", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.set_title(f"CPL's distance from the λ = 1 optimum r/α as λ falls ({len(insts)} random instances, Y = 4)",
+                     fontsize=10)
         return fig
 
     return data, draw
