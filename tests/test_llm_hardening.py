@@ -119,3 +119,194 @@ def test_help_gives_every_flag_help_default_and_choices():
             assert choice in action.help, (flag, choice)
     text = parser.format_help()
     assert "(default: 5e-06)" in text and "(choices: precompute, online)" in text
+
+
+# ------------------------------------------------------------------------------------------- 1: --overwrite
+
+
+def _nan_reward_data(tmp_path) -> str:
+    rows = scored_rows(4)
+    rows[2]["rewards"][1] = math.nan
+    return write_jsonl(tmp_path / "bad.jsonl", rows)
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_is_refused(tmp_path, capsys, model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4))
+    out = tmp_path / "o"
+    assert main(base_args(model_dir, data, out, "--max-steps", "1", "--save-steps", "1")) == 0
+    assert (out / "checkpoint-1" / "trainer_state.json").is_file()
+    capsys.readouterr()
+    # bad data (a NaN reward), then a model that cannot be loaded: refused, the old checkpoint stays
+    assert main(base_args(model_dir, _nan_reward_data(tmp_path), out, "--max-steps", "1", "--overwrite")) == 2
+    assert "rewards[1] is NaN" in error_line(capsys)
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    (not_a_model / "README").write_text("no weights here")
+    assert main(base_args(not_a_model, data, out, "--max-steps", "1", "--overwrite")) == 2
+    error_line(capsys)
+    assert (out / "checkpoint-1" / "trainer_state.json").is_file()
+    # a valid run replaces it
+    assert main(base_args(model_dir, data, out, "--max-steps", "2", "--save-steps", "2", "--overwrite")) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+# ------------------------------------------------------------------------------------------- 2: divergence
+
+
+def test_diverging_run_stops_with_an_error_and_saves_no_final_model(tmp_path, capsys, model_dir):
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(8))
+    out = tmp_path / "o"
+    # lr 50: the loss or the gradient norm turns NaN/inf within a few steps
+    rc = main(base_args(model_dir, data, out, "--lr", "50", "--max-steps", "8", "--save-steps", "1",
+                        "--warmup-ratio", "0", "--lr-scheduler", "constant"))
+    line = error_line(capsys)
+    assert rc == 1
+    assert "diverged" in line and "--lr" in line and "step" in line, line
+    assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert len(checkpoints) < 8  # stopped early
+    for ckpt in checkpoints:  # whatever was checkpointed is finite
+        assert all(torch.isfinite(w).all() for w in load_file(str(ckpt / "model.safetensors")).values()), ckpt
+
+
+# ------------------------------------------------------------------------------------------- 3, 7: --model checks
+
+
+def test_output_dir_in_the_model_folder_is_refused(tmp_path, capsys, model_dir):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    before = (folder / "model.safetensors").read_bytes()
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4))
+    for out in (folder, folder / "run"):
+        assert main(base_args(folder, data, out, "--max-steps", "1", "--overwrite")) == 2
+        line = error_line(capsys)
+        assert "--output-dir" in line and "--model" in line, line
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert not (folder / "run").exists()
+
+
+def test_missing_local_model_path_is_one_line_at_once(tmp_path, capsys, monkeypatch):
+    import time
+
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    t0 = time.monotonic()
+    for model in (str(tmp_path / "nope"), "./nope", "../nope", "~/surely_not_a_model_dir", "runs/nope"):
+        assert main(["--model", model, "--data", data, "--output-dir", str(tmp_path / "o")]) == 2
+        line = error_line(capsys)
+        assert line.startswith(f"error: --model {model!r}") and "no such" in line, line
+    assert time.monotonic() - t0 < 10  # no hub retries
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------- 4, 6: --resume
+
+
+def test_resume_refuses_a_different_run_unless_forced(tmp_path, capsys, model_dir):
+    data_path = tmp_path / "d.jsonl"
+    data = write_jsonl(data_path, scored_rows(8))
+    out = tmp_path / "o"
+    common = base_args(model_dir, data, out, "--max-steps", "3", "--save-steps", "1")
+    assert main(common + ["--stop-after-steps", "1"]) == 0
+    recorded = json.loads((out / "run_config.json").read_text())
+    assert recorded["loss"] == "dpo" and recorded["hparams"]["beta"] == 0.5 and recorded["max_responses"] == 4
+    capsys.readouterr()
+    for flags, named in ((["--beta", "0.3"], "--beta 0.5 -> 0.3"), (["--loss", "ipo"], "--loss 'dpo' -> 'ipo'")):
+        assert main(common + ["--resume", *flags]) == 2
+        line = error_line(capsys)
+        assert named in line and "--resume-force" in line, line
+    original = data_path.read_text()
+    write_jsonl(data_path, scored_rows(8, seed=7))  # same file name, other content
+    assert main(common + ["--resume"]) == 2
+    assert "--data content" in error_line(capsys)
+    data_path.write_text(original)
+    assert main(common + ["--resume", "--beta", "0.3", "--resume-force"]) == 0
+    assert "--resume-force: continuing although" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["throughput"]["steps"] == 3
+
+
+def test_resume_skips_a_half_written_checkpoint(tmp_path, capsys, model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(8))
+    out = tmp_path / "o"
+    common = base_args(model_dir, data, out, "--max-steps", "3", "--save-steps", "1")
+    assert main(common + ["--stop-after-steps", "2"]) == 0
+    # killed while writing checkpoint-2: the weights are there, the optimizer and trainer_state.json are not
+    (out / "checkpoint-2" / "trainer_state.json").unlink()
+    (out / "checkpoint-2" / "optimizer.pt").unlink()
+    capsys.readouterr()
+    assert main(common + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-1'} (skipped incomplete: checkpoint-2 (no trainer_state.json))" in printed
+    assert json.loads((out / "metrics.json").read_text())["throughput"]["steps"] == 3
+
+
+def test_resume_with_no_complete_checkpoint_names_the_incomplete_ones(tmp_path, capsys, model_dir):
+    out = tmp_path / "o"
+    (out / "checkpoint-5").mkdir(parents=True)
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4))
+    assert main(base_args(model_dir, data, out, "--resume")) == 2
+    line = error_line(capsys)
+    assert "no complete checkpoint" in line and "checkpoint-5 (no trainer_state.json)" in line, line
+
+
+# ------------------------------------------------------------------------------------------- 8: Ctrl-C
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, capsys, model_dir, monkeypatch):
+    from nca_lab.llm.trainer import ContrastiveTrainer
+
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(8))
+    out = tmp_path / "o"
+    common = base_args(model_dir, data, out, "--max-steps", "4", "--save-steps", "100")
+    original, calls = ContrastiveTrainer.training_step, []
+
+    def training_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 2
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "training_step", training_step)
+    try:
+        rc = main(common)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a raw KeyboardInterrupt")
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("interrupted: checkpoint")]
+    assert str(out / "checkpoint-2") in line and "--resume" in line, line
+    from nca_lab.llm.run_dir import checkpoint_problem
+
+    assert checkpoint_problem(out / "checkpoint-2") is None
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.undo()
+    assert main(common + ["--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["throughput"]["steps"] == 4
+
+
+# ------------------------------------------------------------------------------------------- 9: output, warm-up
+
+
+def test_each_log_is_printed_once_and_readably(tmp_path, capsys, model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4))
+    assert main(base_args(model_dir, data, tmp_path / "o", "--max-steps", "2", "--save-strategy", "no")) == 0
+    printed = capsys.readouterr().out
+    steps = [line for line in printed.splitlines() if line.startswith("step ")]
+    assert len(steps) == 2 and steps[0].startswith("step     1/2 (epoch "), printed
+    assert printed.count("rewards/margins") == 2 and "{'loss'" not in printed, printed
+    assert "loss 0.6931 | grad_norm " in steps[0]
+
+
+def test_step_one_trains_with_the_default_warmup(tmp_path, model_dir):
+    # Default warm-up (ratio 0.1 of 2 steps: W = 1) and scheduler: step 1 must not run at lr 0.
+    data = write_jsonl(tmp_path / "d.jsonl", scored_rows(4))
+    out = tmp_path / "o"
+    assert main(base_args(model_dir, data, out, "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2",
+                          "--save-strategy", "no")) == 0
+    logs = [h for h in json.loads((out / "metrics.json").read_text())["log_history"] if "loss" in h]
+    assert logs[0]["learning_rate"] == pytest.approx(1e-2 / 2)  # lr/(W+1)
+    assert logs[1]["loss"] < logs[0]["loss"] - 1e-3  # same batch both steps: step 1 moved the weights

@@ -29,58 +29,36 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from nca_lab.llm.config import TrainConfig, config_from_args, loss_hparams, resolved_hparams
 from nca_lab.llm.packaged import model_provenance
+from nca_lab.llm.run_dir import check_model_path, prepare_output_dir
 
-__all__ = ["main", "run", "prepare_output_dir", "training_arguments", "load_tokenizer", "load_model"]
+__all__ = ["main", "run", "prepare_output_dir", "training_arguments", "load_tokenizer", "load_model",
+           "TrainingStopped", "TrainingDiverged", "TrainingInterrupted"]
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
-# ----------------------------------------------------------------------------------------- output directory
+class TrainingStopped(RuntimeError):
+    """Training ended early without a final model: ``exit_code`` is the CLI's (1 diverged, 130 interrupted)."""
+
+    exit_code = 1
+    prefix = "error"
 
 
-def prepare_output_dir(cfg: TrainConfig) -> str:
-    """Check the output directory against ``--resume``/``--overwrite``; returns its path.
-
-    A non-empty directory is refused unless ``--resume`` (which needs a ``checkpoint-*`` in it) or
-    ``--overwrite`` (which removes its ``checkpoint-*`` folders so that no stale checkpoint is resumed later;
-    other files are overwritten as the run writes them).
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    out = cfg.output_dir
-    if out is None:
-        if not cfg.is_demo:
-            raise ValueError("--output-dir is required (where checkpoints, the model and metrics.json go)")
-        if cfg.resume:
-            raise ValueError("--resume needs --output-dir (the directory holding the checkpoints)")
-        return tempfile.mkdtemp(prefix="nca_lab_demo_")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--output-dir {out!r} exists and is not a directory")
-    non_empty = os.path.isdir(out) and any(os.scandir(out))
-    if cfg.resume:
-        if not non_empty or get_last_checkpoint(out) is None:
-            raise ValueError(f"--resume: no checkpoint-* folder in --output-dir {out!r}")
-        if cfg.overwrite:
-            raise ValueError("--resume and --overwrite contradict each other; give one")
-    elif non_empty and not cfg.overwrite:
-        raise ValueError(f"--output-dir {out!r} is not empty; pass --resume to continue its run or --overwrite "
-                         "to replace it")
-    return out
+class TrainingDiverged(TrainingStopped):
+    pass
 
 
-def _clear_checkpoints(out: str) -> None:
-    for entry in os.scandir(out):
-        if entry.is_dir() and entry.name.startswith("checkpoint-"):
-            shutil.rmtree(entry.path)
+class TrainingInterrupted(TrainingStopped):
+    exit_code = 130
+    prefix = "interrupted"
 
 
 # ----------------------------------------------------------------------------------------- model and data
@@ -278,6 +256,29 @@ def _say(args, message: str) -> None:
         print(message, flush=True)
 
 
+def _check_finished(trainer, cfg: TrainConfig, output_dir: str, divergence, interrupt) -> None:
+    """Raise :class:`TrainingDiverged` for a non-finite loss, gradient norm or weight (nothing is saved), or
+    :class:`TrainingInterrupted` after Ctrl-C (the checkpoint is saved)."""
+    import torch
+
+    step = trainer.state.global_step
+    problem = divergence.problem
+    if problem is None:
+        # One host read at the end: a NaN created in the last steps, after the last log, is caught too.
+        finite = [torch.isfinite(p).all() for p in trainer.model.parameters() if p.dtype.is_floating_point]
+        if finite and not bool(torch.stack(finite).all()):
+            problem = f"the weights hold NaN/inf after step {step}"
+    if problem is not None:
+        saved = sorted((c for c in os.listdir(output_dir) if c.removeprefix("checkpoint-").isdigit()),
+                       key=lambda c: int(c.removeprefix("checkpoint-"))) if os.path.isdir(output_dir) else []
+        raise TrainingDiverged(f"training diverged: {problem}; stopped, final model not saved (checkpoints: "
+                               f"{', '.join(saved) or 'none'}); lower --lr (now {cfg.lr:g}) or --max-grad-norm")
+    if interrupt.interrupted:
+        raise TrainingInterrupted(f"checkpoint of step {step} saved to "
+                                  f"{os.path.join(output_dir, f'checkpoint-{step}')}; to continue, run the same "
+                                  "command with --resume")
+
+
 def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, Any]:
     """Train according to ``cfg``; returns the content written to ``metrics.json``.
 
@@ -287,26 +288,27 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
     import torch
     from transformers import set_seed
 
+    from nca_lab.llm.callbacks import DivergenceCallback, InterruptCallback, use_log_lines
     from nca_lab.llm.collate import ResponseCollator
     from nca_lab.llm.demo import demo_inputs
-    from nca_lab.llm.reference import attach_ref_logps, compute_reference_logps
+    from nca_lab.llm.reference import attach_ref_logps, compute_reference_logps, model_fingerprint
+    from nca_lab.llm.run_dir import check_resume, clear_checkpoints, latest_complete_checkpoint, run_definition, \
+        write_run_config
     from nca_lab.llm.sharding import prepare_trainer as prepare_trainer_for_fsdp
     from nca_lab.llm.sharding import save_full_model
     from nca_lab.llm.trainer import ContrastiveTrainer, StopAfterStepsCallback, disable_dropout
     from nca_lab.losses import get_loss
 
+    # Everything is checked (options, data, model, reference pass) before anything in --output-dir is deleted.
     loss = get_loss(cfg.loss)
     hparams = loss_hparams(cfg)
     _check_extras(cfg)
+    check_model_path(cfg)
     output_dir = prepare_output_dir(cfg)
     args = training_arguments(cfg, output_dir)  # initialises the process group under torchrun/accelerate
     from accelerate import PartialState
 
     state = PartialState()
-    # Every process has checked the directory before the main process writes anything into it.
-    state.wait_for_everyone()
-    if cfg.overwrite and args.process_index == 0 and os.path.isdir(output_dir):
-        _clear_checkpoints(output_dir)
     set_seed(cfg.seed)
 
     if cfg.is_demo:
@@ -332,6 +334,16 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
     eval_ds = eval_tok_report = None
     if cfg.eval_data is not None:
         eval_ds, eval_tok_report = _tokenize(cfg, eval_records, tokenizer)
+    # What defines the run (run_config.json): checked against the run being resumed before the reference pass.
+    definition = run_definition(cfg, model_sha256=model_fingerprint(model),
+                                max_responses=max((len(r["responses"]) for r in records), default=0))
+    checkpoint = None
+    if cfg.resume:
+        note = check_resume(output_dir, definition, cfg.resume_force)  # ValueError naming what differs
+        checkpoint, skipped = latest_complete_checkpoint(output_dir)
+        for line in ([note] if note else []) + [f"resuming from {checkpoint}" + (
+                f" (skipped incomplete: {', '.join(skipped)})" if skipped else "")]:
+            _say(args, line)
 
     ref_seconds = 0.0
     if cfg.packed:
@@ -379,18 +391,36 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
 
         model = shard_model(model, cfg)  # FSDP2 units (nca_lab.llm.sharding); the Trainer/accelerate do the rest
 
+    # Checked: only now does --overwrite remove the old run's checkpoints, which this run replaces.
+    state.wait_for_everyone()
+    if args.process_index == 0:
+        if cfg.overwrite:
+            removed = clear_checkpoints(output_dir)
+            if removed:
+                _say(args, f"--overwrite: removed {', '.join(removed)} from {output_dir}")
+        if not cfg.resume or cfg.resume_force or not os.path.isfile(os.path.join(output_dir, "run_config.json")):
+            write_run_config(output_dir, definition)
+    state.wait_for_everyone()
+
+    divergence, interrupt = DivergenceCallback(), InterruptCallback()
+    callbacks = [divergence, interrupt] + ([StopAfterStepsCallback(cfg.stop_after_steps)] if cfg.stop_after_steps
+                                           else [])
     trainer = ContrastiveTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=ResponseCollator(pad_token_id, packed=cfg.packed, shared_prompt=cfg.shared_prompt),
         processing_class=tokenizer,
-        callbacks=[StopAfterStepsCallback(cfg.stop_after_steps)] if cfg.stop_after_steps else None,
+        callbacks=callbacks,
         loss=loss, loss_hparams=hparams, metric_beta=_metric_beta(loss, hparams), chunk_size=cfg.chunk_size,
         ref_model=ref_model, ref_adapters_disabled=loss.needs_ref and cfg.ref_mode == "online" and cfg.lora,
         full_logits=cfg.full_logits, sync_checks=cfg.sync_checks,
     )
     prepare_trainer_for_fsdp(trainer, cfg)  # --fsdp: before train() shards the model (nca_lab.llm.sharding)
     _say(args, f"loss {loss.name} {resolved_hparams(cfg)}; {args.world_size} process(es); output: {output_dir}")
-    train_output = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    use_log_lines(trainer)  # one readable line per log instead of the Trainer's dictionaries
+    # Ctrl-C: finish the step, save a checkpoint, stop (single process; see nca_lab.llm.callbacks).
+    with interrupt.installed(enabled=args.world_size == 1):
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    _check_finished(trainer, cfg, output_dir, divergence, interrupt)
     session_tokens = trainer.session_tokens_seen()
     final_eval = None
     if eval_ds is not None and cfg.eval_steps is None:
@@ -401,11 +431,6 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         trainer.save_model(output_dir)  # model + tokenizer, save_pretrained format (main process only)
 
     history = trainer.state.log_history
-    train_logs = [h for h in history if "loss" in h]
-    for h in train_logs:
-        shown = {k: round(v, 4) for k, v in h.items() if k in ("loss", "rewards/accuracies", "rewards/margins",
-                                                                 "logps/chosen", "logps/rejected")}
-        _say(args, f"step {h['step']:>5}: " + "  ".join(f"{k} {v}" for k, v in shown.items()))
     summary = {
         "output_dir": output_dir,
         "command": sys.argv if command is None else command,
@@ -442,11 +467,22 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (0, or 2 for bad input)."""
+    """CLI entry point; returns the exit code: 0, 2 bad input, 1 training diverged, 130 interrupted (Ctrl-C)."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         cfg = config_from_args(argv)
         run(cfg)
+    except TrainingStopped as e:
+        if debug:
+            raise
+        print(f"{e.prefix}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted: stopped without saving a checkpoint (the newest complete checkpoint-* in --output-dir, "
+              "if any, continues with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, OSError, ImportError) as e:
         # Bad input: data rows (DataError is a ValueError), options, missing files, missing extras.
         if debug:

@@ -80,6 +80,14 @@ class StopAfterStepsCallback(TrainerCallback):
         return control
 
 
+def _warmup_from_step_one(schedule, warmup: int):
+    # A plain function (not a partial): LambdaLR.state_dict then leaves it out of the checkpoint.
+    def factor(step: int) -> float:
+        return (step + 1) / (warmup + 1) if step < warmup else schedule(step)
+
+    return factor
+
+
 class ContrastiveTrainer(Trainer):
     """``transformers.Trainer`` whose loss is a :mod:`nca_lab.losses` loss over K responses per prompt.
 
@@ -117,6 +125,24 @@ class ContrastiveTrainer(Trainer):
         # (it would skip that if it believed the model normalised by a token count: TRL does the same).
         self.model_accepts_loss_kwargs = False
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's scheduler, except that a linear warm-up over W steps starts at lr/(W+1) instead of 0.
+
+        transformers' warm-up factor is ``step / W`` for ``step < W``, so the first optimizer step trains at lr 0
+        (a 2-step run with the default warm-up looks frozen). Here it is ``(step + 1) / (W + 1)``: step 1 trains
+        at lr/(W+1), step W at lr·W/(W+1), and from step W+1 on the schedule is the Trainer's own.
+        """
+        fresh = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        if (fresh and warmup > 0 and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+                and all(f(0) == 0 for f in scheduler.lr_lambdas)):
+            scheduler.lr_lambdas = [_warmup_from_step_one(f, warmup) for f in scheduler.lr_lambdas]
+            for group, base, f in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * f(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        return scheduler
 
     def loss_and_metrics(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict]:
         """Mean per-prompt loss of the batch and its metric sums (see :mod:`nca_lab.llm.metrics`)."""
