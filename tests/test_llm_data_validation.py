@@ -125,6 +125,12 @@ def test_mixed_prompt_forms_name_both_lines(tmp_path):
      "line 2: a row must be a JSON object, got an array"),
     (b'{\n  "prompt": "p"\n}\n', "line 1: a JSON object spread over several lines; use JSON Lines (one row object "
                                 "per line) or a JSON array of row objects"),
+    # plain json.loads would silently keep the second "rewards"
+    (b'{"prompt": "p", "responses": ["a", "b"], "rewards": [1, 0]}\n'
+     b'{"prompt": "p", "responses": ["a", "b"], "rewards": [1, 0], "rewards": [0, 1]}\n',
+     "line 2: key 'rewards' appears twice in one object; which value is meant is ambiguous"),
+    (b'[{"prompt": "p", "responses": ["a", "b"], "rewards": [1, 0]},\n {"prompt": "p", "prompt": "q"}]',
+     "key 'prompt' appears twice in one object; which value is meant is ambiguous"),
 ])
 def test_bad_files_are_one_line_naming_file_and_line(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"

@@ -50,7 +50,8 @@ Row policy (``load_records`` / ``records_from_list``):
   ``<source>: row i`` (counted from 0); in-memory rows ``row i`` (their index in the list), e.g.
   ``data.jsonl: line 4: A2_score is NaN``.  Local JSON is decoded one row at a time exactly as written
   (:func:`read_json_rows`), never through typed columns, so a value is judged by its own JSON type; an empty,
-  blank-only, non-UTF-8 or malformed file is a one-line :class:`DataError` naming file and line.
+  blank-only, non-UTF-8 or malformed file, or a key given twice in one object, is a one-line
+  :class:`DataError` naming file and line.
 * A prompt left with fewer than 2 usable responses (after "N/A" fillers and unrated completions are dropped) is
   dropped and counted: no contrastive loss is defined for it, so training never meets it.
 * A prompt whose rewards all tie is *kept* and counted as information ("all rewards tie"): the losses handle
@@ -668,6 +669,19 @@ def _local_files(source: str) -> tuple[str, list[str]]:
     return builders.pop(), files
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``json.loads`` object hook: a key given twice in one object (plain ``json`` silently keeps the last)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def _json_error(path: str, line: int, text: str, e: json.JSONDecodeError) -> DataError:
     hint = " (a trailing comma after the row?)" if e.msg == "Extra data" and text[e.pos:].strip() == "," else ""
     return DataError(f"{path}: line {line}: malformed JSON: {e.msg} at column {e.colno}{hint}", field=None,
@@ -700,9 +714,12 @@ def read_json_rows(path: str, skipped: list[DataError] | None = None) -> tuple[l
         raise DataError(f"{path}: the file holds only blank lines; it holds no rows", reason="empty file")
     if text.lstrip().startswith("["):  # one JSON array of row objects
         try:
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise _json_error(path, e.lineno, text, e) from None
+        except _DuplicateKey as e:
+            raise DataError(f"{path}: key {e.args[0]!r} appears twice in one object; which value is meant is "
+                            "ambiguous", reason="duplicate key") from None
         if not value:
             raise DataError(f"{path}: the file holds an empty JSON array; it holds no rows", reason="empty file")
         rows, where = [], []
@@ -722,7 +739,10 @@ def read_json_rows(path: str, skipped: list[DataError] | None = None) -> tuple[l
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            error = DataError(f"{path}: line {n}: key {e.args[0]!r} appears twice in one object; which value is "
+                              "meant is ambiguous", reason="duplicate key")
         except json.JSONDecodeError as e:
             if n == 1 and line.strip() == "{":
                 raise DataError(f"{path}: line 1: a JSON object spread over several lines; use JSON Lines (one row "
