@@ -121,15 +121,16 @@ def reference_loss(name: str, lp, ref, R, mask=None, lengths=None, **hp) -> floa
     if name in ("infonca", "nca"):
         if hp.get("label_weights") is not None:
             w = {k: float(hp["label_weights"][k]) for k in valid}
-        elif hp["labels"] == "softmax":
-            z = [R[k] / hp["alpha"] for k in valid]
-            lse = _logsumexp(z)
-            w = {k: math.exp(zk - lse) for k, zk in zip(valid, z)}
-        else:  # leave-one-out: e^{R_i/α} / (n · mean_{j≠i} e^{R_j/α}), in log space
-            w = {}
-            for i in valid:
-                others = [R[j] / hp["alpha"] for j in valid if j != i]
-                w[i] = math.exp(R[i] / hp["alpha"] - math.log(n) - (_logsumexp(others) - math.log(n - 1)))
+        else:
+            # e^{z − max z}: exact ratios without subtracting large numbers (z = R/α reaches 3e4 at α = 1e-4,
+            # where z − logsumexp(z) would lose ~4e-12 to round-off)
+            z = {k: R[k] / hp["alpha"] for k in valid}
+            m = max(z.values())
+            e = {k: math.exp(z[k] - m) for k in valid}
+            if hp["labels"] == "softmax":
+                w = {k: e[k] / sum(e.values()) for k in valid}
+            else:  # leave-one-out: e^{R_i/α} / (n · mean_{j≠i} e^{R_j/α})
+                w = {i: e[i] / (n * sum(e[j] for j in valid if j != i) / (n - 1)) for i in valid}
         if name == "infonca":
             lse = _logsumexp([rt[k] for k in valid])
             return -sum(w[k] * (rt[k] - lse) for k in valid)
