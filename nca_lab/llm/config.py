@@ -86,6 +86,14 @@ class TrainConfig:
     lora_target_modules: str = "all-linear"
     fsdp: bool = False  # FSDP2 through the Trainer/accelerate (nca_lab.llm.sharding); launch with torchrun/accelerate
     fsdp_param_dtype: str | None = None  # FSDP2 mixed precision: float32 | bfloat16 (None: bfloat16 with --bf16)
+    # on-policy training (nca_lab.llm.online): prompts only; K responses sampled per prompt each step, scored
+    online: bool = False
+    num_generations: int = 4  # K responses sampled per prompt (TRL's name)
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    reward: str | None = None  # built-in name (nca_lab.llm.rewards.BUILTIN_REWARDS) or module:function
+    online_ref: str = "initial"  # initial (mu, fixed: KL-regularised) | sampler (the policy that drew the samples)
+    online_kl: bool = True  # log the KL(pi||mu) estimate (--online-ref sampler without --lora: a frozen copy of mu)
     # bookkeeping
     output_dir: str | None = None
     overwrite: bool = False
@@ -109,7 +117,7 @@ class TrainConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _CHOICES = {"report_to": ("none", "tensorboard"), "save_strategy": ("steps", "epoch", "no"),
-            "ref_mode": ("precompute", "online"), "pairs": ("best_worst", "best_rest", "all"),
+            "ref_mode": ("precompute", "online"), "online_ref": ("initial", "sampler"), "pairs": ("best_worst", "best_rest", "all"),
             "labels": ("softmax", "loo"),
             "fsdp_param_dtype": ("float32", "bfloat16"), "schema": ("ultrafeedback", "nca", "pairwise", "hh", "generic")}
 
@@ -255,6 +263,17 @@ _HELP = {
     "fsdp_param_dtype": "FSDP2 mixed precision: dtype of the gathered parameters in forward/backward; gradients are "
                         "reduced in float32 and the master weights stay float32 (default: bfloat16 with --bf16, else "
                         "float32)",
+    "online": "on-policy training: --data holds prompts only; every step samples --num-generations responses per "
+              "prompt from the current policy, scores them with --reward and trains on them with --loss",
+    "num_generations": "--online: responses sampled per prompt and step (K)",
+    "temperature": "--online: sampling temperature (no top-k/top-p truncation)",
+    "max_new_tokens": "--online: most tokens per sampled response",
+    "reward": "--online: reward of a response, a built-in name (arithmetic: the arithmetic task's verifier) or "
+              "module:function, a callable (prompts, responses, rows) -> list of floats",
+    "online_ref": "--online: the reference of the implicit reward: initial (the starting model, fixed: the "
+                  "KL-regularised setting) or sampler (the policy that drew the samples: r = 0 at each fresh batch)",
+    "online_kl": "--online: log an estimate of KL(pi||initial model) each step (with --online-ref sampler and "
+                 "without --lora this keeps a frozen copy of the initial model)",
     "output_dir": "where checkpoints, the final model and metrics.json go",
     "overwrite": "allow writing into a non-empty --output-dir: its checkpoint-* folders are removed once the new "
                  "run's data, options and model have been checked, just before training starts",
@@ -275,7 +294,7 @@ _HELP = {
 
 # What an unset (None) option means, for --help.
 _NONE_MEANS = {
-    "eval_data": "none", "reward_field": "the schema's usual field", "max_prompt_length": "only --max-length limits",
+    "eval_data": "none", "reward_field": "the schema's usual field", "reward": "required with --online", "max_prompt_length": "only --max-length limits",
     "attn_implementation": "the model's own", "output_dir": "required; the demo uses a fresh temporary directory",
     "save_total_limit": "unlimited", "num_proc": "no worker processes",
     **{name: "the loss's registry default" for name in HPARAM_FIELDS},
@@ -393,10 +412,28 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError("--resume-force only applies together with --resume")
     if cfg.resume and cfg.save_strategy == "no":
         raise ValueError("--resume needs checkpoints, but --save-strategy is 'no'")
+    if cfg.online:
+        _check_online(cfg)
     from nca_lab.llm.sharding import check_fsdp_config
 
     check_fsdp_config(cfg)
     loss_hparams(cfg)  # unknown loss / hyperparameter not accepted by the loss
+
+
+def _check_online(cfg: TrainConfig) -> None:
+    """The options of ``--online`` (the reward function itself is resolved when the run starts)."""
+    if cfg.is_demo:
+        raise ValueError("--online needs --model and --data (a file of prompts)")
+    if cfg.reward is None:
+        raise ValueError("--online needs --reward: a built-in name (arithmetic) or module:function")
+    for name in ("num_generations", "max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {cfg.temperature}")
+    for name in ("eval_data", "fsdp", "packed"):
+        if getattr(cfg, name):
+            raise ValueError(f"--{name.replace('_', '-')} is not supported with --online")
 
 
 def loss_hparams(cfg: TrainConfig) -> dict[str, Any]:

@@ -285,6 +285,10 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
     ``command``: what to record as the run's command (default ``sys.argv``); drivers that call ``run``
     in-process pass the equivalent ``python -m nca_lab.llm.train ...`` line.
     """
+    if cfg.online:  # on-policy: prompts only, responses sampled and scored in each step (nca_lab.llm.online)
+        from nca_lab.llm.online import run_online
+
+        return run_online(cfg, command)
     import torch
     from transformers import set_seed
 
