@@ -466,12 +466,15 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Panels: " + "; ".join(f"{k} = {n}" for k, (n, _) in PANELS.items()),
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: figures/)")
-    parser.add_argument("--only", default=None, help="comma-separated panels, letters a-f or names (default: all)")
+    parser.add_argument("--only", default=None, help="comma-separated panels, letters a-f or names, or atlas (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="shifts every random draw (default 0: the committed figures)")
     parser.add_argument("--quick", action="store_true", help="small instances / quick configs (about a minute)")
     args = parser.parse_args(argv)
+    from nca_lab.toy.atlas_plot import make_atlas, split_only  # the loss atlas: figures/atlas.png + .json
+
+    only, want_atlas = split_only(args.only)  # --only atlas: that figure alone
     try:
-        letters = panel_names(args.only)
+        letters = panel_names(only) if only != "" else []
     except ValueError as exc:
         parser.error(str(exc))
     from tqdm import tqdm
@@ -480,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     for letter in tqdm(letters, desc="panels", file=sys.stderr):
         t = time.perf_counter()
         png, js = make_panel(letter, args.out, seed=args.seed, quick=args.quick)
+        tqdm.write(f"{png} + {js.name} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+    if want_atlas:
+        t = time.perf_counter()
+        png, js = make_atlas(args.out)
         tqdm.write(f"{png} + {js.name} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
     print(f"wrote {len(letters)} panel(s) to {args.out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
