@@ -339,3 +339,8 @@ def test_every_registry_name_is_accepted_by_the_trainer_study_and_bench(tmp_path
         loss_hparams(cfg)
         resolved_hparams(cfg)
         assert Method(name).loss == name
+        if "beta" in LOSSES[name].defaults:  # the bench's command line (``bench.trainers.run_ours``) always sets --beta
+            bench = config_from_args(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--schema",
+                                      "generic", "--output-dir", str(tmp_path / name), "--loss", name, "--beta", "0.1",
+                                      "--max-steps", "1"])
+            assert loss_hparams(bench)["beta"] == 0.1
