@@ -21,7 +21,7 @@ from torch import Tensor
 
 from nca_lab.losses import LOSSES, get_loss
 
-from .population import check_instance, one_thread, population_loss, resolve_hparam
+from .population import check_instance, one_thread, resolve_hparam
 from .solve import IllConditionedWarning, NoMinimiserError, is_shift_invariant, newton_minimise, optimum
 
 __all__ = ["pl_population_loss", "pl_optimum", "ATLAS_INSTANCE", "ATLAS_HPARAMS", "atlas_minimisers"]
