@@ -39,26 +39,20 @@ from nca_lab.llm.packaged import model_provenance
 from nca_lab.llm.run_dir import check_model_path, prepare_output_dir
 
 __all__ = ["main", "run", "prepare_output_dir", "training_arguments", "load_tokenizer", "load_model",
-           "TrainingStopped", "TrainingDiverged", "TrainingInterrupted"]
+           "TrainingDiverged", "TrainingInterrupted"]
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 1
 EXIT_INTERRUPTED = 130
 
 
-class TrainingStopped(RuntimeError):
-    """Training ended early without a final model: ``exit_code`` is the CLI's (1 diverged, 130 interrupted)."""
-
-    exit_code = 1
-    prefix = "error"
+class TrainingDiverged(RuntimeError):
+    """The loss, the gradient norm or a weight became NaN/inf: training stopped, no final model was saved."""
 
 
-class TrainingDiverged(TrainingStopped):
-    pass
-
-
-class TrainingInterrupted(TrainingStopped):
-    exit_code = 130
-    prefix = "interrupted"
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the checkpoint of the last finished step was saved (a ``KeyboardInterrupt``, so
+    that callers who catch Ctrl-C still do)."""
 
 
 # ----------------------------------------------------------------------------------------- model and data
@@ -476,15 +470,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(argv)
         run(cfg)
-    except TrainingStopped as e:
+    except TrainingDiverged as e:
         if debug:
             raise
-        print(f"{e.prefix}: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print("interrupted: stopped without saving a checkpoint (the newest complete checkpoint-* in --output-dir, "
+        print(f"interrupted: {e}" if isinstance(e, TrainingInterrupted) else
+              "interrupted: stopped without saving a checkpoint (the newest complete checkpoint-* in --output-dir, "
               "if any, continues with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, OSError, ImportError) as e:
