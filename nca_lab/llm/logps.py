@@ -21,10 +21,12 @@ by us: ``get_output_embeddings()`` followed by the logit post-processing the mod
 (Gemma's ``final_logit_softcapping``, Cohere's ``logit_scale``, Granite's ``logits_scaling``). Because an
 unknown post-processing would silently change the numbers, the first call for each model object compares
 our head on the last position with the logits the model itself returned there and raises ValueError if
-they differ beyond rounding. Known limitation: under FSDP the head's parameters are only gathered inside
-the root forward, so calling the head afterwards is not supported there. DDP works: gradients were checked to
-be synchronised (equal to the mean of the per-process gradients) with two gloo CPU processes. DeepSpeed
-ZeRO-3 gathers parameters per submodule call and should work the same way, but has not been run.
+they differ beyond rounding. Under FSDP2 the head is called outside the root forward, so its parameters must
+stay gathered after it: ``--fsdp`` (:mod:`nca_lab.llm.sharding`) keeps the head in the root unit, which FSDP2
+does not reshard until the end of the backward (tested with two gloo CPU processes against one process, tied and
+untied embeddings). DDP works: gradients were checked to be synchronised (equal to the mean of the per-process
+gradients) with two gloo CPU processes. DeepSpeed ZeRO-3 gathers parameters per submodule call and should work
+the same way, but has not been run.
 """
 
 from __future__ import annotations
