@@ -119,7 +119,7 @@ def test_sampler_reference_every_fresh_batch_starts_at_the_closed_form(tmp_path,
     assert m["throughput"]["generation_tokens_per_second"] > 0 and m["throughput"]["training_tokens_per_second"] > 0
 
 
-def test_initial_reference_is_fixed_and_kl_grows(tmp_path, model_dir, prompts, reward_dir):
+def test_initial_reference_stays_fixed(tmp_path, model_dir, prompts, reward_dir):
     # --online-ref initial: mu fixed. Step 1 is at pi = mu (ln K); afterwards r_theta = beta (log pi - log mu) != 0,
     # so the loss leaves ln K, and the KL estimate of the sampling policy to mu leaves 0.
     m = run(tmp_path / "run", model_dir, prompts, "--loss", "infonca", "--online-ref", "initial",
