@@ -259,8 +259,10 @@ def _check_finished(trainer, cfg: TrainConfig, output_dir: str, divergence, inte
     problem = divergence.problem
     if problem is None:
         # One host read at the end: a NaN created in the last steps, after the last log, is caught too.
-        finite = [torch.isfinite(p).all() for p in trainer.model.parameters() if p.dtype.is_floating_point]
-        if finite and not bool(torch.stack(finite).all()):
+        # Each process checks its own weights (FSDP2: its shards); the sum over processes keeps them in step.
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in trainer.model.parameters()]
+        bad = torch.stack([~torch.isfinite(p).all() for p in local if p.dtype.is_floating_point]).any().float()
+        if trainer.accelerator.reduce(bad, "sum").item() > 0:
             problem = f"the weights hold NaN/inf after step {step}"
     if problem is not None:
         saved = sorted((c for c in os.listdir(output_dir) if c.removeprefix("checkpoint-").isdigit()),
