@@ -58,7 +58,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["FSDP_PARAM_DTYPES", "check_fsdp_support", "fsdp_training_arguments", "fsdp_param_dtype",
-           "prepare_trainer", "shard_model", "mixed_precision_policy", "save_full_model", "is_fsdp_model"]
+           "prepare_trainer", "shard_model", "mixed_precision_policy", "save_full_model", "is_fsdp_model",
+           "local_state_bytes"]
 
 FSDP_PARAM_DTYPES = ("float32", "bfloat16")
 
@@ -172,7 +173,7 @@ def shard_model(model, cfg):
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         raise ValueError("--fsdp needs 2 or more processes: launch with torchrun --nproc_per_node N or "
-                         "accelerate launch --num_processes N")
+                         "accelerate launch --multi_gpu --num_processes N")
     causal_lm = unwrap_causal_lm(model)
     layer_names = set(getattr(causal_lm, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in layer_names]
@@ -214,3 +215,20 @@ def save_full_model(trainer, output_dir: str) -> None:
         trainer.save_model(output_dir)
     finally:
         plugin.state_dict_type = previous
+
+
+def local_state_bytes(trainer) -> dict[str, int]:
+    """Bytes this process holds of the model's parameters and of the optimizer state (its shard under FSDP, a
+    full copy under DDP): ``{"parameters": ..., "optimizer": ...}``. Read after training."""
+    import torch
+
+    def local(t) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t  # DTensor: this rank's shard
+        return t.numel() * t.element_size()
+
+    params = sum(local(p) for p in trainer.model.parameters())
+    optim = 0
+    if trainer.optimizer is not None:
+        optim = sum(local(v) for st in trainer.optimizer.state.values() for v in st.values()
+                    if torch.is_tensor(v) and v.dim() > 0)
+    return {"parameters": params, "optimizer": optim}
