@@ -310,3 +310,16 @@ def test_step_one_trains_with_the_default_warmup(tmp_path, model_dir):
     logs = [h for h in json.loads((out / "metrics.json").read_text())["log_history"] if "loss" in h]
     assert logs[0]["learning_rate"] == pytest.approx(1e-2 / 2)  # lr/(W+1)
     assert logs[1]["loss"] < logs[0]["loss"] - 1e-3  # same batch both steps: step 1 moved the weights
+
+
+def test_resume_compares_contents_not_paths(tmp_path, model_dir):
+    from nca_lab.llm.run_dir import _differences
+
+    stored = {"model": "/old/place", "model_sha256": "a" * 64, "data": "/old/d.jsonl", "data_sha256": "b" * 64,
+              "hparams": {"beta": 0.5}}
+    moved = dict(stored, model="/new/place", data="/new/d.jsonl")
+    assert _differences(stored, moved) == []
+    assert _differences(stored, dict(moved, model_sha256="c" * 64)) == ["--model weights (sha256) 'aaaaaaaaaaaa' -> "
+                                                                         "'cccccccccccc'"]
+    hub = dict(stored, data="org/set", data_sha256=None)  # a hub dataset: no local content, its id decides
+    assert _differences(hub, dict(hub, data="org/other")) == ["--data 'org/set' -> 'org/other'"]

@@ -201,6 +201,11 @@ def _differences(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(stored) | set(now)):
         was, new = stored.get(key), now.get(key)
+        # A moved model folder or data file is the same run: where content hashes exist, they decide.
+        if key == "model" and stored.get("model_sha256") and now.get("model_sha256"):
+            continue
+        if key == "data" and stored.get("data_sha256") and now.get("data_sha256"):
+            continue
         if key == "hparams":
             was, new = was or {}, new or {}
             out += [f"--{k.replace('_', '-')} {was.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(was) | set(new))
