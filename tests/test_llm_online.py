@@ -44,6 +44,16 @@ def text(prompts, responses, rows):
 '''
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny model's matmuls gain nothing from a second thread, and on shared cores the threads wait on each
+    # other (measured: generation 16 -> 897 tokens/s with 1 thread at load average 9; nca_lab.llm.demo does the same).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_demo_model(tmp_path_factory.mktemp("tiny_llama"), seed=0)
@@ -150,7 +160,8 @@ def test_lora_initial_reference_is_the_adapters_disabled_policy(tmp_path, model_
 
 def test_user_reward_module_on_pythonpath_through_the_cli(tmp_path, model_dir, prompts, reward_dir):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([reward_dir, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([reward_dir, os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "nca_lab.llm.train",
                            *online(out, model_dir, prompts, "--loss", "nca", "--reward", "online_test_rewards:constant",
                                    "--num-generations", "2", "--max-steps", "1")],
