@@ -39,7 +39,8 @@ RUN_DEFINING = ("model", "data", "split", "schema", "reward_field", "skip_invali
                 "warmup_ratio", "weight_decay", "max_grad_norm", "bf16", "dropout", "ref_mode", "lora", "lora_r",
                 "lora_alpha", "lora_target_modules")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
+                 "pytorch_model_fsdp_0")  # --fsdp: accelerate's sharded (torch.distributed.checkpoint) model folder
 
 
 # ----------------------------------------------------------------------------------------- before anything runs
@@ -123,7 +124,8 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not a complete Trainer checkpoint, or ``None`` if it is one.
 
     Complete: a readable ``trainer_state.json`` (the Trainer writes it after everything else), model weights
-    (full, sharded or adapter) and optimizer state (``optimizer.pt``, or DeepSpeed's ``global_step*``).
+    (full, sharded or adapter) and optimizer state (``optimizer.pt``, FSDP's ``optimizer_0/``, or DeepSpeed's
+    ``global_step*``).
     """
     path = Path(path)
     try:
