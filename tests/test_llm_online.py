@@ -250,3 +250,16 @@ def test_resume_mid_run_ends_where_an_uninterrupted_run_ends(tmp_path, model_dir
     a, b = weights(tmp_path / "full"), weights(tmp_path / "split")
     assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
     assert any(not torch.equal(a[n], weights(model_dir)[n]) for n in a)
+
+
+def test_chat_template_prompts_and_shared_prompt_layout(tmp_path, prompts, reward_dir):
+    # A chat model: text and message-list prompts go through the template's generation prompt (tokenised once);
+    # the training forward uses the shared-prompt layout; the sampler's reference still gives ln K at every step.
+    chat_model = save_demo_model(tmp_path / "chat_llama", seed=1, chat_template=True)
+    data = tmp_path / "chat_prompts.jsonl"
+    data.write_text(json.dumps({"prompt": "Compute 2+2="}) + "\n" + json.dumps(
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compute 3*3="}]}) + "\n")
+    m = run(tmp_path / "run", chat_model, str(data), "--loss", "infonca", "--online-ref", "sampler",
+            "--num-generations", "3", "--reward", "online_test_rewards:varied", "--max-steps", "2", "--beta", "1.0",
+            "--shared-prompt")
+    assert [h["loss"] for h in step_logs(m)] == pytest.approx([math.log(3)] * 2, abs=1e-5)
