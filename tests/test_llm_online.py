@@ -263,3 +263,13 @@ def test_chat_template_prompts_and_shared_prompt_layout(tmp_path, prompts, rewar
             "--num-generations", "3", "--reward", "online_test_rewards:varied", "--max-steps", "2", "--beta", "1.0",
             "--shared-prompt")
     assert [h["loss"] for h in step_logs(m)] == pytest.approx([math.log(3)] * 2, abs=1e-5)
+
+
+def test_the_library_imports_no_experiment():
+    # The built-in reward is a module:function string: importing the online trainer loads no experiment package.
+    code = ("import sys, nca_lab.llm.online, nca_lab.llm.rewards, nca_lab.llm.train; "
+            "print([m for m in sys.modules if m.startswith(('nca_lab.llm.study', 'nca_lab.llm.real_model'))])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
