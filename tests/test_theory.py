@@ -359,8 +359,34 @@ def test_batched_inputs_match_rowwise():
         (lambda: T.cpl_bandit_optimum([0.0, 1.0], 1.0, lam=0.5), "mu_pairs"),
         (lambda: T.cpl_policy_optimum([0.5, 0.5], [0.0, 1.0], 1.0, lam=1.5), "lam"),
         (lambda: T.rdpo_expected_loss(0.3, 0.5), "eps"),
+        (lambda: T.rdpo_per_sample_loss(0.3, -0.1), "eps"),
+        (lambda: T.nca_loo_constant([0.5, 0.5], [0.0, 1.0], -1.0, 3), "alpha"),
+        (lambda: T.nca_loo_optimum([0.5, 0.5], [0.0, 1.0], 0.0, 3), "alpha"),
+        (lambda: T.nca_loo_mass([0.5, 0.5], [0.0, 1.0], -2.0, 3), "alpha"),
+        (lambda: T.cpl_bandit_optimum([0.0, np.nan], 1.0), "r"),
+        (lambda: T.cpl_bandit_optimum([0.0, 1.0], 0.0), "alpha"),
+        (lambda: T.cpl_bandit_optimum([0.0, 1.0], 1.0, lam=0.0), "lam"),
+        (lambda: T.cpl_population_loss([0.0, 0.0, 0.0], [0.5, 0.5], [0.0, 1.0], 1.0, 1.0), "shape mismatch"),
+        (lambda: T.cpl_population_loss([np.nan, 0.0], [0.5, 0.5], [0.0, 1.0], 1.0, 1.0), "logpi"),
+        (lambda: T.cpl_population_loss([0.0, 0.0], [0.5, 0.5], [0.0, 1.0], -1.0, 1.0), "alpha"),
+        (lambda: T.cpl_policy_optimum([0.5, 0.5], [0.0, 1.0], 0.0, 0.5), "alpha"),
+        (lambda: T.log_partition([0.5, 0.5], [0.0, 1.0], 0.0), "alpha"),
+        (lambda: T.infonca_optimum([0.5, 0.5], [0.0, 1.0], -1.0), "alpha"),
+        (lambda: T.infonca_policy_optimum([0.5, 0.5], [0.0, 1.0], 1.0, 0.0), "beta"),
+        (lambda: T.infonca_policy_optimum([0.5, 0.5], [0.0, 1.0], 0.0, 1.0), "alpha"),
+        (lambda: T.nca_gap_coefficient([0.5, 0.5], [0.0, 1.0], 0.0), "alpha"),
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 1.0, K=True), "K"),
+        (lambda: T.nca_optimum([[[0.5, 0.5]]], [0.0, 1.0], 1.0), "mu"),
+        (lambda: T.nca_optimum("ab", [0.0, 1.0], 1.0), "mu"),
+        (lambda: T.bt_win_probability([0.5, 0.5], [[0.0, 1.0], [1.0]]), "r"),
+        (lambda: T.ipo_finite_data_optimum([(0, 1)], 1, 1.0), "n_actions"),
+        (lambda: T.ipo_finite_data_optimum([(0, 1)], "3", 1.0), "n_actions"),
+        (lambda: T.ipo_finite_data_optimum([], 3, 1.0), "pairs"),
+        (lambda: T.ipo_finite_data_optimum([(0, 1, 2)], 3, 1.0), "pairs[0]"),
+        (lambda: T.ipo_finite_data_optimum([(0, 1)], 3, 1.0, mu=[0.5, 0.5]), "mu"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_field(call, field):
-    with pytest.raises(ValueError, match=__import__("re").escape(field)):
+    # every message starts with the field it is about (anchored: a message that lost its field name fails)
+    with pytest.raises(ValueError, match="^" + __import__("re").escape(field)):
         call()
