@@ -317,6 +317,12 @@ def test_rdpo_expected_loss_is_the_clean_loss(h, eps):
 # ------------------------------------------------------------------------------ batches and validation
 
 
+def test_cpl_bandit_optimum_below_lambda_one_is_the_policy_optimum():
+    mu, r = np.array([0.2, 0.5, 0.3]), np.array([1.0, -0.5, 2.0])
+    np.testing.assert_allclose(T.cpl_bandit_optimum(r, 0.8, lam=0.6, mu_pairs=mu), T.cpl_policy_optimum(mu, r, 0.8, 0.6), atol=0)
+    assert np.abs(T.cpl_bandit_optimum(r, 0.8, lam=0.6, mu_pairs=mu) - T.cpl_bandit_optimum(r, 0.8)).max() > 1e-3
+
+
 def test_batched_inputs_match_rowwise():
     rng = np.random.default_rng(1)
     mu = rng.dirichlet(np.ones(4), size=3)
@@ -330,6 +336,11 @@ def test_batched_inputs_match_rowwise():
         lambda m, x: T.nca_pair_optimum(m, x),
         lambda m, x: T.dpo_bt_optimum(m, x, 0.5),
         lambda m, x: T.cpl_policy_optimum(m, x, 0.7, 0.5),
+        lambda m, x: T.cpl_bandit_optimum(x, 0.7),
+        lambda m, x: T.cpl_bandit_optimum(x, 0.7, lam=0.6, mu_pairs=m),
+        lambda m, x: T.infonca_policy_optimum(m, x, 0.7, 1.3),
+        lambda m, x: T.nca_loo_mass(m, x, 0.7, 3),
+        lambda m, x: T.bt_win_probability(m, x),
     ):
         batched = fn(mu, r)
         rows = np.stack([fn(mu[i], r[i]) for i in range(3)])
