@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from nca_lab.llm.real_model.pipeline import METHODS, Experiment, write_json
+from nca_lab.llm.study.state import repo_relative
 
 N_BOOT = 2000
 
@@ -164,6 +165,7 @@ def write_report(exp: Experiment, *, results_dir: Path, figures_dir: Path, scale
     result = {"experiment": "nca_lab.llm.real_model", "command": exp.state["command"],
               "config": exp.state["config"], "machine": exp.state.get("machine"), "stages": exp.state["stages"],
               "remaining_stages": remaining, "base": exp.state.get("base"), "records": records, "summary": summary}
+    result = repo_relative(result)
     write_json(results_dir / f"{name}.json", result)
     (results_dir / f"{name}.md").write_text(markdown(exp, summary, scale))
     if summary["methods"]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from nca_lab.llm.study.evaluation import data_statistics, logp_change, read_rows
 from nca_lab.llm.study.recipe import METHODS, grid_settings, run_id, train_argv
 from nca_lab.llm.study.report import claims, markdown_report
-from nca_lab.llm.study.state import Budget, Study, json_safe, write_json
+from nca_lab.llm.study.state import Budget, Study, json_safe, repo_relative, write_json
 from nca_lab.llm.study.stats import mean, select_best, summarise
 
 __all__ = ["STAGES", "RECORD_KEYS", "stage_task", "stage_base", "stage_sample", "stage_sweep", "stage_seeds",
@@ -302,7 +302,7 @@ def stage_report(study: Study) -> dict:
     json_path = study.results_dir / f"study_{study.cfg.scale}.json"
     md_path = study.results_dir / f"study_{study.cfg.scale}.md"
     result["results_files"] = {"json": str(json_path), "markdown": str(md_path)}
-    result = json_safe(result)
+    result = repo_relative(json_safe(result))
     write_json(json_path, result)
     md_path.write_text(markdown_report(result))
     study.save()

@@ -53,6 +53,19 @@ def json_safe(obj):
     return obj
 
 
+def repo_relative(obj, root: Path | None = None):
+    """``obj`` with every string path inside the repository written relative to it (a recorded result must not
+    name the folders of the machine it ran on); other strings unchanged."""
+    prefix = str(root or Path(__file__).resolve().parents[3]) + os.sep
+    if isinstance(obj, str):
+        return obj.replace(prefix, "")
+    if isinstance(obj, dict):
+        return {k: repo_relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [repo_relative(v, root) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
     """``obj`` as strict JSON (see :func:`json_safe`), written to ``path`` atomically."""
     tmp = path.with_suffix(path.suffix + ".tmp")
