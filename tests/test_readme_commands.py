@@ -104,9 +104,14 @@ PLAN: dict[str, dict] = {
     "torchrun --nproc_per_node 8 -m nca_lab.llm.train --config recipe.yaml": {
         "kind": "help", "help": "python -m nca_lab.llm.train --help",
         "reason": "8 processes and recipe.yaml, a placeholder; tests/test_llm_distributed.py runs 2-process torchrun"},
-    "accelerate launch --num_processes 8 -m nca_lab.llm.train --config recipe.yaml": {
+    "torchrun --nproc_per_node 8 -m nca_lab.llm.train --config recipe.yaml --fsdp": {
         "kind": "help", "help": "python -m nca_lab.llm.train --help",
-        "reason": "8 processes and recipe.yaml, a placeholder; untested, as llm/README.md says"},
+        "reason": "8 processes and recipe.yaml, a placeholder; tests/test_llm_fsdp.py runs 2-process FSDP2 "
+                  "(llm/MULTI_GPU.md lists its commands)"},
+    "accelerate launch --multi_gpu --num_processes 8 -m nca_lab.llm.train --config recipe.yaml --fsdp": {
+        "kind": "help", "help": "python -m nca_lab.llm.train --help",
+        "reason": "8 processes and recipe.yaml, a placeholder; tests/test_llm_fsdp.py runs 2-process accelerate "
+                  "launch (llm/MULTI_GPU.md lists its commands)"},
     "python -m nca_lab.llm.train --output-dir /tmp/demo": {
         "kind": "sub", "subs": [("/tmp/demo", "runs/demo"), ("--output-dir", "--max-steps 5 --output-dir")],
         "reason": "the demo again (run in full above), 5 steps, its output folder inside the sandbox"},
