@@ -216,3 +216,26 @@ def test_cpl_with_length_one_segments_is_reference_free_dpo():
             a = L.cpl(lp, None, R, mask=mask, alpha=alpha, lam=1.0, pairs=pairs)
             b = L.dpo(lp, torch.zeros_like(lp), R, mask=mask, beta=alpha, pairs=pairs)
             torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
+# ------------------------------------------------------------------ every loss names itself in its data errors
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_DEFAULTS))
+def test_data_errors_name_the_loss(name):
+    """Each loss's data checks say which loss refused the data (message starts with the loss's name)."""
+    fn = LOSSES[name]
+    lp = torch.tensor([[-1.0, -2.0, -3.0]], dtype=torch.float64)
+    R = torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64)
+    too_few = torch.tensor([[False, False, False]]) if name == "sft" else torch.tensor([[True, False, False]])
+    with pytest.raises(ValueError, match=f"^{name}: row 0 has"):
+        fn(lp, lp.clone(), R, mask=too_few)
+    with pytest.raises(ValueError, match=f"^{name}: rewards\\[0, 1\\] is nan"):
+        fn(lp, lp.clone(), torch.tensor([[1.0, math.nan, 2.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match=f"^{name}: lengths\\[0, 2\\] = 0"):
+        fn(lp, lp.clone(), R, lengths=torch.tensor([[3.0, 2.0, 0.0]], dtype=torch.float64))
+    if fn.needs_ref:
+        with pytest.raises(ValueError, match=f"^{name} needs ref_logps"):
+            fn(lp, None, R)
+    else:  # reference-free: the reference is ignored, whatever it holds
+        assert float(fn(lp, None, R)) == float(fn(lp, torch.full_like(lp, math.nan), R))
