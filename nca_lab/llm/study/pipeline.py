@@ -40,7 +40,7 @@ def _quiet_libraries() -> None:
 def run_study(scale: str | None = None, *, config: str | None = None, out: str | None = None,
               stages: Sequence[str] = STAGES, time_budget_s: float | None = None, resume: bool = False,
               overwrite: bool = False, results_dir: str | None = None, figures_dir: str | None = None,
-              progress: bool = True, command: str | None = None) -> dict:
+              progress: bool = True, command: str | None = None, stop_after_units: int | None = None) -> dict:
     """Run the study's ``stages`` (in pipeline order) for the recipe of ``scale`` (or the file ``config``).
 
     ``out`` (default ``runs/llm_study_<scale>``) holds μ, the data, the runs and ``state.json``.  The report goes
@@ -50,6 +50,17 @@ def run_study(scale: str | None = None, *, config: str | None = None, out: str |
     ``overwrite``.  Returns the result written to ``study_<scale>.json`` (or the state, without ``report``)."""
     if (scale is None) == (config is None):
         raise ValueError("give exactly one of scale (a recipe under llm/study/) or config (a recipe file)")
+    from nca_lab.llm.study.recipe_v2 import is_v2_recipe
+
+    recipe = config if config is not None else recipe_path(scale)
+    if Path(recipe).is_file() and is_v2_recipe(recipe):  # a v2 recipe: its own driver (pipeline_v2)
+        from nca_lab.llm.study.pipeline_v2 import run_study_v2
+
+        return run_study_v2(str(recipe), out=out, stages=stages, time_budget_s=time_budget_s, resume=resume,
+                            overwrite=overwrite, results_dir=results_dir, figures_dir=figures_dir, progress=progress,
+                            command=command, stop_after_units=stop_after_units)
+    if stop_after_units is not None:
+        raise ValueError("stop_after_units: only v2 recipes (version: 2) are cut between units")
     cfg = load_study_config(config if config is not None else recipe_path(scale))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -120,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               "and gpu scales, --out otherwise)")
     parser.add_argument("--figures-dir", help="where llm_<scale>_*.png/.json go (default: figures/ for the cpu and "
                                               "gpu scales, <out>/figures otherwise)")
+    parser.add_argument("--stop-after-units", type=int,
+                        help="v2 recipes: stop after N finished units of work (a μ, a sample set, a run, a "
+                             "checkpoint evaluation); --resume continues (default: no limit)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (default: off, progress shown)")
     args = parser.parse_args(argv)
@@ -127,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_study(args.scale, config=args.config, out=args.out, stages=args.stages, time_budget_s=args.time_budget_s,
                   resume=args.resume, overwrite=args.overwrite, results_dir=args.results_dir,
-                  figures_dir=args.figures_dir, progress=not args.no_progress, command=command)
+                  figures_dir=args.figures_dir, progress=not args.no_progress, command=command,
+                  stop_after_units=args.stop_after_units)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

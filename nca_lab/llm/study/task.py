@@ -251,7 +251,11 @@ LEVELS: dict[str, Level] = {"standard": Level(difficulty=(2, 4), max_operand=99)
                             # up to 120, where SmolLM2-135M is right often enough (measured: ~19 % of samples) for
                             # its K samples to differ; 1-2 operations left 80 % of the training split at 2
                             # operations, which it almost never solves (1 %)
-                            "chat": Level(difficulty=(1, 1), max_operand=120)}
+                            "chat": Level(difficulty=(1, 1), max_operand=120),
+                            # the v2 CPU study (llm/study/cpu_v2.yaml): 4-6 operations on single digits, so chains
+                            # are 4-6 steps long and a ~1M-parameter μ makes slips often enough for its K samples
+                            # to differ (its greedy accuracy and reward spread are recorded by the base stage)
+                            "multi": Level(difficulty=(4, 6), max_operand=9)}
 DIFFICULTY = LEVELS["standard"].difficulty
 SPLITS: dict[str, SplitSpec] = {  # the same seeds and sizes at every level
     "test": SplitSpec(seed=20_002, size=1_000),

@@ -1,0 +1,88 @@
+"""The v2 study's driver (:func:`run_study_v2`; ``python -m nca_lab.llm.study --config llm/study/cpu_v2.yaml``
+hands a ``version: 2`` recipe here).  It runs the chosen stages in order; ``--resume`` continues from
+``<out>/state.json``, skipping every finished unit (a μ, a sample set, a run, a checkpoint evaluation), however
+many times the study was cut.  ``--time-budget-s`` stops the study between two units once the next one (estimated
+from the finished ones of its kind) would pass the budget; the report stage then still runs on what is finished
+(the report stage alone, ``--stages report --resume``, writes the results of a partial or running study).
+
+Results: ``<results.dir>/<results.name>.json`` + ``.md`` and ``<results.figures_dir>/<results.figures_prefix>_*``
+(the recipe's ``results``; paths relative to the repository root; default ``<out>`` and ``<out>/figures``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from nca_lab.llm.study.recipe import REPO_ROOT
+from nca_lab.llm.study.recipe_v2 import load_v2_config
+
+__all__ = ["run_study_v2", "STAGES_V2"]
+
+STAGES_V2 = ("task", "base", "sample", "sweep", "seeds", "report")
+
+
+def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] = STAGES_V2,
+                 time_budget_s: float | None = None, resume: bool = False, overwrite: bool = False,
+                 results_dir: str | None = None, figures_dir: str | None = None, progress: bool = True,
+                 command: str | None = None, stop_after_units: int | None = None) -> dict:
+    """Run ``stages`` of the v2 recipe ``config``; returns the report (when the report stage ran) or the state.
+
+    ``stop_after_units`` stops after that many finished units (a deterministic cut, as a kill between two units
+    would leave it); ``resume`` continues; a fresh study refuses a non-empty ``out`` unless ``overwrite``."""
+    from nca_lab.llm.study.pipeline import _quiet_libraries
+    from nca_lab.llm.study.results_v2 import write_report
+    from nca_lab.llm.study.stages_v2 import STAGE_FUNCS, StopStudy, StudyV2
+
+    cfg = load_v2_config(config)
+    unknown = [s for s in stages if s not in STAGES_V2]
+    if unknown:
+        raise ValueError(f"stages: unknown stage {unknown[0]!r}; stages: {', '.join(STAGES_V2)}")
+    stages = [s for s in STAGES_V2 if s in stages]
+    out_dir = Path(out) if out is not None else REPO_ROOT / "runs" / f"llm_study_{cfg.scale}"
+    r = cfg.results
+    res_dir = Path(results_dir) if results_dir else (REPO_ROOT / r["dir"] if "dir" in r else out_dir)
+    fig_dir = Path(figures_dir) if figures_dir else (REPO_ROOT / r["figures_dir"] if "figures_dir" in r
+                                                     else out_dir / "figures")
+    state_file = out_dir / "state.json"
+    continuing = resume or list(stages) != list(STAGES_V2)
+    if continuing and not state_file.is_file() and stages[0] != "task":
+        raise ValueError(f"out: no study to continue in {str(out_dir)!r} (state.json missing)")
+    if not continuing and out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"out: {str(out_dir)!r} is not empty; pass --resume to continue its study or "
+                             "--overwrite to start over")
+        if not state_file.is_file():
+            raise ValueError(f"out: {str(out_dir)!r} holds no study (no state.json); refusing to delete it")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_libraries()
+    study = StudyV2(cfg, out_dir, command=command or "python -m nca_lab.llm.study", time_budget_s=time_budget_s,
+                    stop_after_units=stop_after_units, results_dir=res_dir, figures_dir=fig_dir, progress=progress)
+    if continuing and state_file.is_file():
+        study.load()
+    study.state["stopped"] = None
+    study.save()
+    for stage in stages:
+        if stage == "report":
+            return write_report(study)
+        if progress:
+            print(f"[study {cfg.scale}] stage {stage}", flush=True)
+        t0, c0 = time.monotonic(), time.process_time()
+        try:
+            STAGE_FUNCS[stage](study)
+        except StopStudy as why:
+            study.state["stopped"] = f"{stage}: {why}"
+            if progress:
+                print(f"[study {cfg.scale}] stopped in stage {stage} ({why}); continue with --resume", flush=True)
+            break
+        finally:
+            tm = study.state["timings"]
+            tm[f"{stage}_wall_s"] = round(tm.get(f"{stage}_wall_s", 0.0) + time.monotonic() - t0, 1)
+            tm[f"{stage}_cpu_s"] = round(tm.get(f"{stage}_cpu_s", 0.0) + time.process_time() - c0, 1)
+            study.save()
+    if "report" in stages:
+        return write_report(study)
+    return study.state

@@ -1,0 +1,264 @@
+"""The v2 study's report, on a finished or a partial state: what it computes.
+
+* ``final``: per (method, K, μ seed) the final test metrics, mean ± std over the finished seeds;
+* ``paths``: per (method, K, μ seed) the checkpoint evaluations, mean over seeds at each step (accuracy, reward,
+  KL(π‖μ), Δ log π(best/worst response) on training prompts): the training-time path, starting at μ (step 0);
+* ``matched_kl``: reward and accuracy at equal KL(π‖μ).  Each seed's path (μ at KL 0, then its checkpoints,
+  ordered by KL) is interpolated linearly in KL at targets ``f · KL*`` (f = 0.25, 0.5, 0.75, 1), where KL* is the
+  smallest final-path KL reached by any seed of the compared methods (so no method is extrapolated); per-prompt
+  outcomes are interpolated with the same weights, and ``nca − dpo`` (and the other headline pairs) at each target
+  gets the paired two-level bootstrap interval of :func:`nca_lab.llm.study.paired.paired_bootstrap`;
+* ``comparisons``: paired two-level bootstrap (seeds, then prompts) of final per-prompt greedy correctness and
+  mean sampled reward for the claims' pairs; seeds of a method pair are matched by (μ seed, seed), which fixed the
+  same samples and data order.  Multiple comparisons: the Holm-adjusted p of every comparison (over all of them)
+  is given next to the unadjusted 95 % interval;
+* ``pending``: every unit not finished yet; ``timing``: mean wall/CPU time per unit kind and a remaining-time
+  estimate (pending units × measured means).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nca_lab.llm.study.paired import paired_bootstrap
+from nca_lab.llm.study.recipe_v2 import final_units, run_steps
+from nca_lab.llm.study.stats import mean, std
+
+__all__ = ["build_report", "holm", "interpolate_path", "PAIRS"]
+
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+# (a, b) pairs compared at each K: claim (1) reward data, claim (3) NCA vs DPO, the rest for context.
+PAIRS = (("nca", "dpo"), ("infonca", "dpo"), ("nca", "dpo_all"), ("infonca", "dpo_all"), ("nca_pair", "dpo"),
+         ("nca", "infonca"))
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm step-down adjusted p-values (family = all of ``ps``)."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def _finals(state: dict) -> list[dict]:
+    return [r for r in state.get("runs", []) if r.get("stage") == "final" and r.get("test") is not None]
+
+
+def _mu_test(state: dict, mu_seed: int) -> dict | None:
+    return (state.get("mus", {}).get(str(mu_seed)) or {}).get("test")
+
+
+def interpolate_path(points: list[dict], target: float) -> tuple[dict, np.ndarray, np.ndarray] | None:
+    """Linear interpolation in KL of a path ``[{kl, accuracy, reward, correct[P], prompt_reward[P]}]`` at KL
+    ``target``; the path is ordered by KL (a non-monotone path is read in KL order).  ``None`` beyond its range."""
+    pts = sorted(points, key=lambda p: p["kl"])
+    if not pts or target < pts[0]["kl"] - 1e-12 or target > pts[-1]["kl"] + 1e-12:
+        return None
+    for a, b in zip(pts, pts[1:] + pts[-1:]):
+        if a["kl"] <= target <= b["kl"]:
+            w = 0.0 if b["kl"] == a["kl"] else (target - a["kl"]) / (b["kl"] - a["kl"])
+            mix = lambda x, y: (1 - w) * x + w * y  # noqa: E731
+            return ({"accuracy": mix(a["accuracy"], b["accuracy"]), "reward": mix(a["reward"], b["reward"])},
+                    mix(a["correct"], b["correct"]), mix(a["prompt_reward"], b["prompt_reward"]))
+    return None
+
+
+def _path(state: dict, rec: dict) -> list[dict]:
+    mu = _mu_test(state, rec["mu_seed"])
+    pts = []
+    if mu is not None:
+        pts.append({"step": 0, "kl": 0.0, "accuracy": mu["accuracy"], "reward": mu["reward"],
+                    "correct": np.asarray(mu["per_prompt"]["correct"], float),
+                    "prompt_reward": np.asarray(mu["per_prompt"]["reward"], float)})
+    for step, ev in sorted(rec["checkpoint_evals"].items(), key=lambda kv: int(kv[0])):
+        pts.append({"step": int(step), "kl": max(0.0, ev["kl"]), "accuracy": ev["accuracy"], "reward": ev["reward"],
+                    "correct": np.asarray(ev["per_prompt"]["correct"], float),
+                    "prompt_reward": np.asarray(ev["per_prompt"]["reward"], float)})
+    return pts
+
+
+def _stat(xs):
+    xs = [float(x) for x in xs if x is not None and math.isfinite(x)]
+    return {"mean": mean(xs), "std": std(xs), "n": len(xs)}
+
+
+def _groups(finals: list[dict]) -> dict:
+    g: dict = {}
+    for r in finals:
+        g.setdefault((r["method"], r["k"], r["mu_seed"]), {})[r["seed"]] = r
+    return g
+
+
+def _paired(a_recs: dict, b_recs: dict, metric: str, getter) -> dict | None:
+    seeds = sorted(set(a_recs) & set(b_recs))
+    if not seeds:
+        return None
+    a = np.stack([getter(a_recs[s]) for s in seeds])
+    b = np.stack([getter(b_recs[s]) for s in seeds])
+    return {**paired_bootstrap(a, b), "seeds": [list(s) if isinstance(s, tuple) else s for s in seeds],
+            "metric": metric}
+
+
+def _outcome(metric: str):
+    key = "correct" if metric == "accuracy" else "reward"
+    return lambda r: np.asarray(r["test"]["per_prompt"][key], float)
+
+
+def build_report(state: dict, cfg) -> dict:
+    """Everything the report writes, from a (possibly partial) state."""
+    finals = _finals(state)
+    groups = _groups(finals)
+    out: dict = {"final": [], "paths": [], "comparisons": [], "matched_kl": [], "pending": [], "timing": {}}
+    for (m, k, mu), recs in sorted(groups.items(), key=lambda kv: (kv[0][1] != 4, kv[0][2], kv[0][0])):
+        rs = list(recs.values())
+        out["final"].append({"method": m, "k": k, "mu_seed": mu, "setting": rs[0]["setting"], "n_seeds": len(rs),
+                             "seeds": sorted(recs), **{x: _stat([r[x] for r in rs]) for x in
+                                                       ("accuracy", "reward", "kl", "logp_best_change",
+                                                        "logp_worst_change")}})
+    for (m, k, mu), recs in sorted(groups.items()):
+        steps = sorted({int(s) for r in recs.values() for s in r["checkpoint_evals"]})
+        mu_t = _mu_test(state, mu) or {}
+        row = {"method": m, "k": k, "mu_seed": mu, "step": [0], "accuracy": [mu_t.get("accuracy")],
+               "reward": [mu_t.get("reward")], "kl": [0.0], "logp_best_change": [0.0], "logp_worst_change": [0.0]}
+        for s in steps:
+            evs = [r["checkpoint_evals"][str(s)] for r in recs.values() if str(s) in r["checkpoint_evals"]]
+            row["step"].append(s)
+            for x in ("accuracy", "reward", "kl", "logp_best_change", "logp_worst_change"):
+                row[x].append(_stat([e[x] for e in evs])["mean"])
+        out["paths"].append(row)
+    # paired comparisons of final outcomes: method pairs, K = 4 vs K = 2, method vs μ; pooled over μ seeds
+    pooled: dict = {}
+    for (m, k, mu), recs in groups.items():
+        for s, r in recs.items():
+            pooled.setdefault((m, k), {})[(mu, s)] = r
+    for metric in ("accuracy", "reward"):
+        get = _outcome(metric)
+        for k in cfg.ks:
+            for a, b in PAIRS:
+                if (a, k) in pooled and (b, k) in pooled:
+                    res = _paired(pooled[a, k], pooled[b, k], metric, get)
+                    if res:
+                        out["comparisons"].append({"a": f"{a} K={k}", "b": f"{b} K={k}", **res})
+        for m in cfg.methods:
+            if (m, 4) in pooled and (m, 2) in pooled:
+                res = _paired(pooled[m, 4], pooled[m, 2], metric, get)
+                if res:
+                    out["comparisons"].append({"a": f"{m} K=4", "b": f"{m} K=2", **res})
+        for (m, k), recs in sorted(pooled.items()):
+            for mu in sorted({mu for mu, _ in recs}):
+                base = _mu_test(state, mu)
+                rs = [r for (mm, _), r in sorted(recs.items()) if mm == mu]
+                if base is None or not rs:
+                    continue
+                key = "correct" if metric == "accuracy" else "reward"
+                res = paired_bootstrap(np.stack([get(r) for r in rs]),
+                                       np.asarray(base["per_prompt"][key], float)[None, :])
+                out["comparisons"].append({"a": f"{m} K={k}", "b": f"μ{mu}", "metric": metric, **res,
+                                           "seeds": [r["seed"] for r in rs]})
+    adj = holm([c["p_two_sided"] for c in out["comparisons"]])
+    for c, p in zip(out["comparisons"], adj):
+        c["p_holm"] = p
+    out["n_comparisons"] = len(out["comparisons"])
+    out["matched_kl"] = _matched_kl(state, groups, cfg)
+    out["pending"] = pending_units(state, cfg)
+    out["timing"] = timing(state, out["pending"])
+    return out
+
+
+def _matched_kl(state: dict, groups: dict, cfg) -> list[dict]:
+    """Reward and accuracy at matched KL(π‖μ) along the training-time paths (see module docstring)."""
+    rows = []
+    for k in cfg.ks:
+        for mu in cfg.mu_seeds:
+            present = {m: groups[m, k, mu] for m in cfg.methods if (m, k, mu) in groups}
+            paths = {m: {s: _path(state, r) for s, r in recs.items()} for m, recs in present.items()}
+            # a seed whose path never leaves μ (KL 0 throughout: no reward spread in its data) has no range to
+            # interpolate on; it is left out of the matched-KL comparison (and counted)
+            paths = {m: {s: pts for s, pts in recs.items() if pts and max(p["kl"] for p in pts) > 0}
+                     for m, recs in paths.items()}
+            paths = {m: recs for m, recs in paths.items() if recs}
+            maxima = [max(p["kl"] for p in pts) for recs in paths.values() for pts in recs.values()]
+            if not maxima or _mu_test(state, mu) is None:
+                continue
+            kl_star = min(maxima)
+            if not kl_star > 0:  # some method never left μ: no common KL range to compare on
+                continue
+            for f in FRACTIONS:
+                target = f * kl_star
+                at = {}
+                for m, recs in paths.items():
+                    vals = {s: interpolate_path(pts, target) for s, pts in recs.items()}
+                    vals = {s: v for s, v in vals.items() if v is not None}
+                    if vals:
+                        at[m] = vals
+                        rows.append({"k": k, "mu_seed": mu, "kl_target": target, "fraction": f, "method": m,
+                                     "n_seeds": len(vals), "n_seeds_at_mu": len(present[m]) - len(paths[m]),
+                                     "reward": _stat([v[0]["reward"] for v in vals.values()]),
+                                     "accuracy": _stat([v[0]["accuracy"] for v in vals.values()])})
+                for a, b in PAIRS[:2]:
+                    if a in at and b in at:
+                        seeds = sorted(set(at[a]) & set(at[b]))
+                        if not seeds:
+                            continue
+                        for metric, idx in (("accuracy", 1), ("reward", 2)):
+                            res = paired_bootstrap(np.stack([at[a][s][idx] for s in seeds]),
+                                                   np.stack([at[b][s][idx] for s in seeds]))
+                            rows.append({"k": k, "mu_seed": mu, "kl_target": target, "fraction": f,
+                                         "comparison": f"{a} − {b}", "metric": metric, "seeds": seeds, **res})
+    return rows
+
+
+def pending_units(state: dict, cfg) -> list[str]:
+    """Every unit of work the recipe asks for that is not finished."""
+    from nca_lab.llm.study.stages_v2 import run_key, sample_keys
+
+    out = [f"mu{m}" for m in cfg.mu_seeds if str(m) not in state.get("mus", {})]
+    out += [f"sample mu{m}_s{s}" for m, s in sample_keys(cfg) if f"mu{m}_s{s}" not in state.get("samples", {})]
+    sel = state.get("selection", {})
+    out += [f"sweep {m}_k{k}" for k in cfg.sweep.get("ks", cfg.ks) for m in cfg.methods
+            if not sel.get(f"{m}_k{k}", {}).get("complete")]
+    n_ck = cfg.n_checkpoints
+    for m, k, mu, s in final_units(cfg):
+        chosen = sel.get(f"{m}_k{k}", {})
+        if not chosen.get("complete"):
+            out.append(f"final {m}_k{k}_mu{mu}_seed{s} (setting not chosen yet): train + {n_ck} evaluations")
+            continue
+        rid = run_key(m, k, chosen["setting"], mu, s)
+        rec = next((r for r in state.get("runs", []) if r["run_id"] == rid), None)
+        if rec is None:
+            out.append(f"final {rid}: train + {n_ck} evaluations")
+        elif len(rec["checkpoint_evals"]) < n_ck:
+            out.append(f"final {rid}: {n_ck - len(rec['checkpoint_evals'])} evaluations")
+    return out
+
+
+def timing(state: dict, pending: list[str]) -> dict:
+    """Mean wall/CPU seconds per unit kind, totals, and the remaining wall time estimated from the pending list
+    (an unchosen sweep is counted as 6 runs)."""
+    kinds: dict = {}
+    for u in state.get("unit_log", []):
+        d = kinds.setdefault(u["kind"], {"n": 0, "wall_s": 0.0, "cpu_s": 0.0})
+        d["n"] += 1
+        d["wall_s"] += u["wall_s"]
+        d["cpu_s"] += u["cpu_s"]
+    per = {k: {"n": d["n"], "mean_wall_s": d["wall_s"] / d["n"], "mean_cpu_s": d["cpu_s"] / d["n"],
+               "total_wall_s": d["wall_s"], "total_cpu_s": d["cpu_s"]} for k, d in kinds.items()}
+    w = lambda k: per.get(k, {}).get("mean_wall_s")  # noqa: E731
+    remaining, unknown = 0.0, []
+    for p in pending:
+        parts = ([("mu", 1)] if p.startswith("mu") else [("sample", 1)] if p.startswith("sample") else
+                 [("sweep_run", 6)] if p.startswith("sweep") else [])
+        if p.startswith("final"):
+            n_eval = int(p.split(": ")[-1].split(" evaluations")[0].split("+ ")[-1])
+            parts = ([("final_train", 1)] if "train" in p else []) + [("checkpoint_eval", n_eval)]
+        for kind, n in parts:
+            if w(kind) is None:
+                unknown.append(kind)
+            else:
+                remaining += n * w(kind)
+    return {"per_unit": per, "remaining_wall_s_estimate": remaining,
+            "unmeasured_kinds": sorted(set(unknown)), "steps_per_run": None}

@@ -1,0 +1,132 @@
+"""The v2 study (nca_lab.llm.study, ``version: 2`` recipes): the tiny_v2 pipeline end to end with two cuts and
+resumes and a report on the partial state; the matched-KL interpolation, Holm's adjustment, the recipe checks and
+the cpu_v2 recipe's regime."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from nca_lab.llm.study.pipeline import run_study
+from nca_lab.llm.study.recipe import recipe_path
+from nca_lab.llm.study.recipe_v2 import final_units, load_v2_config, run_steps
+from nca_lab.llm.study.report_v2 import holm, interpolate_path
+from nca_lab.llm.study.stages_v2 import sample_keys
+
+
+@pytest.fixture(scope="module")
+def tiny_v2(tmp_path_factory):
+    """tiny_v2 cut after 4 units, report on the partial state, cut again after 10 more, then resumed to the end."""
+    out = tmp_path_factory.mktemp("study_tiny_v2")
+    kw = dict(config=str(recipe_path("tiny_v2")), out=str(out / "work"), results_dir=str(out / "results"),
+              figures_dir=str(out / "figures"), progress=False)
+    first = run_study(**kw, stop_after_units=4)
+    partial = run_study(**kw, stages=["report"], resume=True)
+    second = run_study(**kw, resume=True, stop_after_units=10)
+    final = run_study(**kw, resume=True)
+    return out, first, partial, second, final
+
+
+def test_cut_and_resume_finish_every_unit_once(tiny_v2):
+    out, first, partial, second, final = tiny_v2
+    cfg = load_v2_config(recipe_path("tiny_v2"))
+    assert first["stopped"] == "base: stop_after_units=4" or first["stopped"].endswith("stop_after_units=4")
+    assert second["stopped"].endswith("stop_after_units=10")
+    assert final["stopped"] is None and final["pending"] == []
+    state = json.loads((out / "work" / "state.json").read_text())
+    names = [u["name"] for u in state["unit_log"]]
+    assert len(names) == len(set(names)), Counter(names).most_common(3)  # no unit was done twice
+    assert all(u["wall_s"] >= 0 and u["cpu_s"] >= 0 for u in state["unit_log"])
+    assert len(state["commands"]) == 4
+    # every μ, every sample set (one per final seed and μ, plus the sweep's), every final run and checkpoint
+    assert sorted(state["mus"]) == [str(m) for m in cfg.mu_seeds]
+    assert sorted(state["samples"]) == sorted(f"mu{m}_s{s}" for m, s in sample_keys(cfg))
+    finals = [r for r in state["runs"] if r["stage"] == "final"]
+    assert sorted((r["method"], r["k"], r["mu_seed"], r["seed"]) for r in finals) == sorted(final_units(cfg))
+    steps = run_steps(cfg)
+    for r in finals:
+        assert sorted(int(s) for s in r["checkpoint_evals"]) == [steps // 2, steps]
+        assert r["test"]["step"] == steps and len(r["test"]["per_prompt"]["correct"]) == cfg.eval["n_test"]
+        for ev in r["checkpoint_evals"].values():
+            assert len(ev["per_prompt"]["reward"]) == cfg.eval["n_test"]
+        # each seed trained on its own samples, with its own seed
+        assert f"s{r['seed']}_k{r['k']}.jsonl" in r["train_command"] and f"--seed {r['seed']}" in r["train_command"]
+    # no sweep run is a final run: the sweep seed is not a final seed
+    sweeps = [r for r in state["runs"] if r["stage"] == "sweep"]
+    assert {r["seed"] for r in sweeps} == {cfg.sweep["seed"]} and cfg.sweep["seed"] not in cfg.seeds
+    assert all(len(r["validation"]["per_prompt"]["id"]) == cfg.eval["n_validation"] for r in sweeps)
+    for m in state["mus"].values():
+        assert len(m["test"]["per_prompt"]["correct"]) == cfg.eval["n_test"] and "learnable_not_solved" in m[
+            "learnability"]
+
+
+def test_sweep_extends_a_grid_whose_choice_is_on_an_edge(tiny_v2):
+    out, *_, final = tiny_v2
+    sel = final["selection"]
+    lr_log = next(e for e in sel["nca_k4"]["coordinate_log"] if e["param"] == "lr")
+    assert len(lr_log["values"]) == 3 and lr_log["extensions"] == 1  # [1e-3, 3e-3] + one geometric step
+    assert set(lr_log["values"]) >= {1e-3, 3e-3}
+    assert sel["nca_k2"]["inherited_from"] == "nca_k4"
+
+
+def test_partial_report_lists_pending_units(tiny_v2):
+    out, first, partial, *_ = tiny_v2
+    assert partial["pending"] and any(p.startswith("final") for p in partial["pending"])
+    assert partial["final"] == [] and "matched_kl" in partial
+    assert "remaining_wall_s_estimate" in partial["timing"]
+
+
+def test_report_files_and_matched_kl_fields(tiny_v2):
+    out, *_, final = tiny_v2
+    on_disk = json.loads((out / "results" / "study_tiny_v2.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    md = (out / "results" / "study_tiny_v2.md").read_text()
+    assert "## Matched KL" in md and "## Pending (0)" in md and "p_holm" in md
+    assert {"final", "paths", "matched_kl", "comparisons", "pending", "timing"} <= set(on_disk)
+    for row in on_disk["matched_kl"]:
+        assert {"k", "mu_seed", "kl_target", "fraction"} <= set(row)
+        assert ("method" in row and {"reward", "accuracy", "n_seeds"} <= set(row)) or \
+               ("comparison" in row and {"mean", "lo", "hi", "p_two_sided"} <= set(row))
+    assert all("p_holm" in c for c in on_disk["comparisons"])
+    for name in ("paths", "logp_best", "matched_kl"):
+        assert (out / "figures" / f"llm_tiny_v2_{name}.png").is_file()
+    path = next(p for p in on_disk["paths"] if p["method"] == "nca" and p["k"] == 4 and p["mu_seed"] == 0)
+    assert path["step"][0] == 0 and path["kl"][0] == 0.0 and len(path["step"]) == 3
+
+
+def test_interpolate_path_in_kl():
+    pts = [{"kl": 0.0, "accuracy": 0.5, "reward": 0.4, "correct": np.array([0.0, 1.0]),
+            "prompt_reward": np.array([0.2, 0.6])},
+           {"kl": 2.0, "accuracy": 0.7, "reward": 0.6, "correct": np.array([1.0, 1.0]),
+            "prompt_reward": np.array([0.4, 0.8])}]
+    at, correct, reward = interpolate_path(list(reversed(pts)), 0.5)
+    assert at["accuracy"] == pytest.approx(0.55) and at["reward"] == pytest.approx(0.45)
+    assert correct.tolist() == pytest.approx([0.25, 1.0]) and reward.tolist() == pytest.approx([0.25, 0.65])
+    assert interpolate_path(pts, 2.5) is None
+
+
+def test_holm_adjustment():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+
+
+def test_recipe_rejects_a_sweep_seed_among_final_seeds(tmp_path):
+    text = recipe_path("tiny_v2").read_text().replace("seeds: [1, 2]", "seeds: [0, 1]")
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ValueError, match="sweep.seed 0 is a final seed"):
+        load_v2_config(tmp_path / "bad.yaml")
+
+
+def test_cpu_v2_recipe_regime():
+    cfg = load_v2_config(recipe_path("cpu_v2"))
+    assert cfg.level == "multi" and cfg.base["size"] == "small"
+    assert cfg.data["n_prompts"] >= 2048 and cfg.align["epochs"] == 3 and run_steps(cfg) == 768
+    assert cfg.eval["n_test"] >= 1000 and len(cfg.seeds) >= 5 and len(cfg.mu_seeds) == 2
+    assert cfg.sweep["seed"] not in cfg.seeds and cfg.n_checkpoints == 4
+    assert cfg.results == {"dir": "llm/results", "name": "study_cpu_v2", "figures_dir": "figures",
+                           "figures_prefix": "llm_cpu_v2"}
+    for grid in cfg.grids.values():
+        assert all(len(v) >= 3 for v in grid.values())  # the middle value starts the search, not an edge
