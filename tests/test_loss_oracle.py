@@ -239,3 +239,16 @@ def test_data_errors_name_the_loss(name):
             fn(lp, None, R)
     else:  # reference-free: the reference is ignored, whatever it holds
         assert float(fn(lp, None, R)) == float(fn(lp, torch.full_like(lp, math.nan), R))
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_DEFAULTS))
+def test_bad_hyperparameters_are_refused_by_name(name):
+    """Every numeric hyperparameter of every loss refuses a bool, a string, NaN and inf with a ValueError whose
+    message starts with the hyperparameter's name."""
+    lp = torch.tensor([[-1.0, -2.0]], dtype=torch.float64)
+    R = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    numeric = [k for k, v in DOCUMENTED_DEFAULTS[name].items() if isinstance(v, float)]
+    for hp in numeric:
+        for bad in (True, "0.5", math.nan, math.inf, None):
+            with pytest.raises(ValueError, match=f"^{hp} must"):
+                LOSSES[name](lp, lp.clone(), R, **{hp: bad})
