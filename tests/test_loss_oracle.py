@@ -252,3 +252,8 @@ def test_bad_hyperparameters_are_refused_by_name(name):
         for bad in (True, "0.5", math.nan, math.inf, None):
             with pytest.raises(ValueError, match=f"^{hp} must"):
                 LOSSES[name](lp, lp.clone(), R, **{hp: bad})
+
+
+def test_non_tensor_input_is_named_by_its_type():
+    with pytest.raises(ValueError, match=r"^dpo: policy_logps must be a \[B, K\] tensor, got list"):
+        L.dpo([[-1.0, -2.0]], torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
