@@ -3,7 +3,8 @@ hands a ``version: 2`` recipe here).  It runs the chosen stages in order; ``--re
 ``<out>/state.json``, skipping every finished unit (a μ, a sample set, a run, a checkpoint evaluation), however
 many times the study was cut.  ``--time-budget-s`` stops the study between two units once the next one (estimated
 from the finished ones of its kind) would pass the budget; the report stage then still runs on what is finished
-(the report stage alone, ``--stages report --resume``, writes the results of a partial or running study).
+(the report stage alone, ``--stages report --resume``, writes the results of a partial or running study and
+leaves ``state.json`` as it is).
 
 Results: ``<results.dir>/<results.name>.json`` + ``.md`` and ``<results.figures_dir>/<results.figures_prefix>_*``
 (the recipe's ``results``; paths relative to the repository root; default ``<out>`` and ``<out>/figures``).
@@ -63,6 +64,9 @@ def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] =
                     stop_after_units=stop_after_units, results_dir=res_dir, figures_dir=fig_dir, progress=progress)
     if continuing and state_file.is_file():
         study.load()
+    if stages == ["report"]:
+        # report only: read the state, never write it (the study may be running in another process)
+        return write_report(study)
     study.state["stopped"] = None
     study.save()
     for stage in stages:
