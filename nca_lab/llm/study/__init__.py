@@ -24,4 +24,10 @@ Where each part lives (modules of this package):
 ``task``         the arithmetic task, its exact verifier, the splits and the tokenizer;
 ``base_policy``  μ's model and its training (``python -m nca_lab.llm.study.base_policy``);
 ``sampling``     K scored responses per prompt, Monte-Carlo KL (``python -m nca_lab.llm.study.sampling``).
+
+Recipes with ``version: 2`` (``cpu_v2``, ``tiny_v2``) run through the v2 modules: ``pipeline_v2`` (driver),
+``recipe_v2`` (recipe checks, run length, final-run order), ``stages_v2`` (per-unit resumable stages: μ per seed,
+a sample set per final seed, coordinate sweep with grid extension, checkpoint evaluations), ``report_v2``
+(final table, training-time paths, matched KL, paired bootstrap with Holm's adjustment, pending units) and
+``results_v2`` (JSON, Markdown, figures).
 """
