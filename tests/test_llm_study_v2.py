@@ -92,6 +92,8 @@ def test_report_files_and_matched_kl_fields(tiny_v2):
         assert {"k", "mu_seed", "kl_target", "fraction"} <= set(row)
         assert ("method" in row and {"reward", "accuracy", "n_seeds"} <= set(row)) or \
                ("comparison" in row and {"mean", "lo", "hi", "p_two_sided"} <= set(row))
+    assert any(" K=4 − " in r.get("comparison", "") for r in on_disk["matched_kl"]) or not any(
+        "method" in r for r in on_disk["matched_kl"])  # K = 4 vs K = 2 at matched KL whenever paths moved
     assert all("p_holm" in c for c in on_disk["comparisons"])
     for name in ("paths", "logp_best", "matched_kl"):
         assert (out / "figures" / f"llm_tiny_v2_{name}.png").is_file()

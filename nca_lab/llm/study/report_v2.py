@@ -6,8 +6,9 @@
 * ``matched_kl``: reward and accuracy at equal KL(π‖μ).  Each seed's path (μ at KL 0, then its checkpoints,
   ordered by KL) is interpolated linearly in KL at targets ``f · KL*`` (f = 0.25, 0.5, 0.75, 1), where KL* is the
   smallest final-path KL reached by any seed of the compared methods (so no method is extrapolated); per-prompt
-  outcomes are interpolated with the same weights, and ``nca − dpo`` (and the other headline pairs) at each target
-  gets the paired two-level bootstrap interval of :func:`nca_lab.llm.study.paired.paired_bootstrap`;
+  outcomes are interpolated with the same weights, and ``nca − dpo`` and ``infonca − dpo`` at each target get the
+  paired two-level bootstrap interval of :func:`nca_lab.llm.study.paired.paired_bootstrap`; so does K = 4 − K = 2
+  of every method (paired by seed, targets from the KL range both K reach);
 * ``comparisons``: paired two-level bootstrap (seeds, then prompts) of final per-prompt greedy correctness and
   mean sampled reward for the claims' pairs; seeds of a method pair are matched by (μ seed, seed), which fixed the
   same samples and data order.  Multiple comparisons: the Holm-adjusted p of every comparison (over all of them)
@@ -209,6 +210,38 @@ def _matched_kl(state: dict, groups: dict, cfg) -> list[dict]:
                                                    np.stack([at[b][s][idx] for s in seeds]))
                             rows.append({"k": k, "mu_seed": mu, "kl_target": target, "fraction": f,
                                          "comparison": f"{a} − {b}", "metric": metric, "seeds": seeds, **res})
+    rows += _matched_kl_k4_vs_k2(state, groups, cfg)
+    return rows
+
+
+def _moving(paths: dict) -> dict:
+    return {s: pts for s, pts in paths.items() if pts and max(p["kl"] for p in pts) > 0}
+
+
+def _matched_kl_k4_vs_k2(state: dict, groups: dict, cfg) -> list[dict]:
+    """K = 4 − K = 2 of each method at matched KL (more responses at a fixed number of prompts), paired by seed
+    (seed s at K = 2 trained on the first 2 of the same 4 samples); targets ``f · KL*`` with KL* the smallest
+    path maximum over both K."""
+    rows = []
+    for m in cfg.methods:
+        for mu in cfg.mu_seeds:
+            if (m, 4, mu) not in groups or (m, 2, mu) not in groups or _mu_test(state, mu) is None:
+                continue
+            p4 = _moving({s: _path(state, r) for s, r in groups[m, 4, mu].items()})
+            p2 = _moving({s: _path(state, r) for s, r in groups[m, 2, mu].items()})
+            seeds = sorted(set(p4) & set(p2))
+            if not seeds:
+                continue
+            kl_star = min(max(p["kl"] for p in pts) for pts in [*p4.values(), *p2.values()])
+            for f in FRACTIONS:
+                a = {s: interpolate_path(p4[s], f * kl_star) for s in seeds}
+                b = {s: interpolate_path(p2[s], f * kl_star) for s in seeds}
+                ok = [s for s in seeds if a[s] is not None and b[s] is not None]
+                for metric, idx in (("accuracy", 1), ("reward", 2)):
+                    if ok:
+                        res = paired_bootstrap(np.stack([a[s][idx] for s in ok]), np.stack([b[s][idx] for s in ok]))
+                        rows.append({"k": "4 vs 2", "mu_seed": mu, "kl_target": f * kl_star, "fraction": f,
+                                     "comparison": f"{m} K=4 − {m} K=2", "metric": metric, "seeds": ok, **res})
     return rows
 
 
