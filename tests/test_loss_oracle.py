@@ -257,3 +257,21 @@ def test_bad_hyperparameters_are_refused_by_name(name):
 def test_non_tensor_input_is_named_by_its_type():
     with pytest.raises(ValueError, match=r"^dpo: policy_logps must be a \[B, K\] tensor, got list"):
         L.dpo([[-1.0, -2.0]], torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_DEFAULTS))
+def test_each_prompt_is_computed_alone(name):
+    """The loss is per prompt: a batch of prompts (ties, masks, lengths) gives each row's value computed alone."""
+    g = torch.Generator().manual_seed(3)
+    B, K = 5, 4
+    lp = -torch.rand(B, K, generator=g, dtype=torch.float64) * 20
+    ref = -torch.rand(B, K, generator=g, dtype=torch.float64) * 20
+    R = torch.randint(0, 8, (B, K), generator=g).to(torch.float64)  # gaps up to 7 pass CLHA's min_gap 3
+    ln = torch.randint(1, 9, (B, K), generator=g).to(torch.float64)
+    mask = torch.ones(B, K, dtype=torch.bool)
+    mask[1, 3] = mask[4, 0] = False
+    hp = {"alpha": 1.0} if name in ("infonca", "nca") else {}
+    batch = LOSSES[name](lp, ref, R, mask=mask, lengths=ln, **hp)
+    for b in range(B):
+        one = LOSSES[name](lp[b : b + 1], ref[b : b + 1], R[b : b + 1], mask=mask[b : b + 1], lengths=ln[b : b + 1], **hp)
+        assert float(batch[b]) == pytest.approx(float(one[0]), rel=1e-14, abs=1e-14), (name, b)
