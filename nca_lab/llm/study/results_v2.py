@@ -152,9 +152,11 @@ def markdown_v2(res: dict) -> str:
           "|---|---|---|---|---|"]
     for k, d in res["timing"]["per_unit"].items():
         L.append(f"| {k} | {d['n']} | {d['mean_wall_s']:.1f} | {d['mean_cpu_s']:.1f} | {d['total_wall_s']:.0f} |")
-    L += ["", f"Remaining (estimate from the measured means): {res['timing']['remaining_wall_s_estimate'] / 3600:.1f} h"
-          + (f"; not yet measured: {', '.join(res['timing']['unmeasured_kinds'])}" if res['timing']['unmeasured_kinds']
-             else ""), "", f"## Pending ({len(res['pending'])})", ""]
+    unmeasured = res["timing"]["unmeasured_kinds"]
+    L += ["", f"Remaining wall time, pending units × the measured mean of their kind (an unchosen sweep counted as 6 "
+          f"runs): {res['timing']['remaining_wall_s_estimate'] / 3600:.1f} h"
+          + (f" — a lower bound: no unit of {', '.join(unmeasured)} has finished yet, so those are not counted"
+             if unmeasured else ""), "", f"## Pending ({len(res['pending'])})", ""]
     L += [f"- {p}" for p in res["pending"][:200]]
     if len(res["pending"]) > 200:
         L.append(f"- … and {len(res['pending']) - 200} more")
