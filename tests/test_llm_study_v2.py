@@ -134,3 +134,22 @@ def test_cpu_v2_recipe_regime():
                            "figures_prefix": "llm_cpu_v2"}
     for grid in cfg.grids.values():
         assert all(len(v) >= 3 for v in grid.values())  # the middle value starts the search, not an edge
+
+
+def test_a_diverged_run_is_recorded_and_never_chosen(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import nca_lab.llm.study.stages_v2 as st
+    from nca_lab.llm.study.stats import select_best
+    from nca_lab.llm.train import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("training diverged: loss is NaN at step 3")
+
+    monkeypatch.setattr(st, "_train", diverge)
+    study = SimpleNamespace(out=tmp_path, state={"device": "cpu"})
+    rec = st._train_or_diverged(study, "dpo", 4, {"lr": 1e-2, "beta": 1.0}, 0, 100, "sweep", False)
+    assert rec["run_id"] == "dpo_k4_lr0.01_beta1_mu0_seed100" and "NaN" in rec["diverged"]
+    good = {"setting": {"lr": 1e-4}, "validation": {"accuracy": 0.0, "reward": 0.0, "kl": 50.0}}
+    bad = {"setting": {"lr": 1e-2}, "validation": dict(st.DIVERGED_VALIDATION)}
+    assert select_best([bad, good])["setting"] == {"lr": 1e-4}

@@ -165,6 +165,8 @@ def build_report(state: dict, cfg) -> dict:
         c["p_holm"] = p
     out["n_comparisons"] = len(out["comparisons"])
     out["matched_kl"] = _matched_kl(state, groups, cfg)
+    out["diverged"] = [{"run_id": r["run_id"], "stage": r["stage"], "message": r["diverged"]}
+                       for r in state.get("runs", []) if r.get("diverged")]
     out["pending"] = pending_units(state, cfg)
     out["timing"] = timing(state, out["pending"])
     return out
@@ -262,6 +264,8 @@ def pending_units(state: dict, cfg) -> list[str]:
             continue
         rid = run_key(m, k, chosen["setting"], mu, s)
         rec = next((r for r in state.get("runs", []) if r["run_id"] == rid), None)
+        if rec is not None and rec.get("diverged"):
+            continue  # finished, as a divergence (listed under "diverged")
         if rec is None:
             out.append(f"final {rid}: train + {n_ck} evaluations")
         elif len(rec["checkpoint_evals"]) < n_ck:

@@ -148,6 +148,9 @@ def markdown_v2(res: dict) -> str:
     for c in res["comparisons"]:
         L.append(f"- {c['metric']}: {c['a']} − {c['b']} = {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}], "
                  f"p {c['p_two_sided']:.3g}, p_holm {c['p_holm']:.3g} ({c['n_seeds']} seeds × {c['n_prompts']} prompts)")
+    L += ["", f"## Diverged runs ({len(res.get('diverged', []))}; the trainer stopped them on NaN/inf; a diverged "
+          "sweep point counts as the worst of its grid)", ""]
+    L += [f"- {d['run_id']} ({d['stage']}): {d['message']}" for d in res.get("diverged", [])]
     L += ["", "## Time per unit of work (measured)", "", "| unit | n | mean wall s | mean CPU s | total wall s |",
           "|---|---|---|---|---|"]
     for k, d in res["timing"]["per_unit"].items():

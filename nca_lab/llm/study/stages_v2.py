@@ -255,6 +255,28 @@ def _train(study: StudyV2, method: str, k: int, setting: dict, mu_seed: int, see
     }
 
 
+# What a diverged run (the trainer's TrainingDiverged: NaN/inf loss or weights) counts as in the sweep's choice:
+# below every real run (rewards and accuracies lie in [0, 1]), so a diverging grid point is never chosen.
+DIVERGED_VALIDATION = {"accuracy": -1.0, "reward": -1.0, "kl": 1e9, "diverged": True}
+
+
+def _train_or_diverged(study: StudyV2, method: str, k: int, setting: dict, mu_seed: int, seed: int, stage: str,
+                       checkpoints: bool) -> dict:
+    """:func:`_train`, or, if the run diverges, a record of the divergence (``diverged``: the trainer's message)
+    that counts as finished: a resumed study does not retry it."""
+    from nca_lab.llm.train import TrainingDiverged
+
+    try:
+        return _train(study, method, k, setting, mu_seed, seed, stage, checkpoints)
+    except TrainingDiverged as e:
+        rid = run_key(method, k, setting, mu_seed, seed)
+        return {"run_id": rid, "stage": stage, "method": method, "loss": METHODS[method].loss, "k": k,
+                "mu_seed": mu_seed, "seed": seed, "sampling_seed": seed, "setting": setting, "lr": setting["lr"],
+                "beta": setting.get("beta"), "alpha": setting.get("alpha"), "diverged": str(e),
+                "device": study.state["device"], "output_dir": str(study.out / "runs" / rid), "accuracy": None,
+                "reward": None, "kl": None, "validation": None, "test": None, "checkpoint_evals": {}}
+
+
 def _sweep_run(study: StudyV2, method: str, k: int, setting: dict) -> dict:
     """The sweep run of ``setting`` (trained and validated now unless already recorded)."""
     mu_seed, seed = study.cfg.mu_seeds[0], study.cfg.sweep.get("seed", 0)
@@ -265,9 +287,13 @@ def _sweep_run(study: StudyV2, method: str, k: int, setting: dict) -> dict:
     study.check_time(study.estimate("sweep_run"))
     study.use_mu(mu_seed)
     with _timed() as t:
-        rec = _train(study, method, k, setting, mu_seed, seed, "sweep", checkpoints=False)
-        ev = study.evaluate(study.load_model(rec["output_dir"]), "validation")
-        rec.update(validation=ev, accuracy=ev["accuracy"], reward=ev["reward"], kl=ev["kl"], eval_split="validation")
+        rec = _train_or_diverged(study, method, k, setting, mu_seed, seed, "sweep", checkpoints=False)
+        if rec.get("diverged"):
+            rec["validation"] = dict(DIVERGED_VALIDATION)
+        else:
+            ev = study.evaluate(study.load_model(rec["output_dir"]), "validation")
+            rec.update(validation=ev, accuracy=ev["accuracy"], reward=ev["reward"], kl=ev["kl"],
+                       eval_split="validation")
     rec.update(wall_s=round(t["wall_s"], 1), cpu_s=round(t["cpu_s"], 1))
     study.record(rec)
     study.unit_finished("sweep_run", rid, t["wall_s"], t["cpu_s"])
@@ -354,10 +380,12 @@ def stage_seeds(study: StudyV2) -> None:
         if rec is None:
             study.check_time(study.estimate("final_train"))
             with _timed() as t:
-                rec = _train(study, method, k, setting, mu_seed, seed, "final", checkpoints=True)
+                rec = _train_or_diverged(study, method, k, setting, mu_seed, seed, "final", checkpoints=True)
             rec.update(train_wall_s=round(t["wall_s"], 1), train_cpu_s=round(t["cpu_s"], 1))
             study.record(rec)
             study.unit_finished("final_train", rid, t["wall_s"], t["cpu_s"])
+        if rec.get("diverged"):  # recorded as diverged (listed by the report); nothing to evaluate
+            continue
         for step in ckpt_steps:
             if str(step) in rec["checkpoint_evals"]:
                 continue
