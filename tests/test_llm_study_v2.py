@@ -153,3 +153,11 @@ def test_a_diverged_run_is_recorded_and_never_chosen(monkeypatch, tmp_path):
     good = {"setting": {"lr": 1e-4}, "validation": {"accuracy": 0.0, "reward": 0.0, "kl": 50.0}}
     bad = {"setting": {"lr": 1e-2}, "validation": dict(st.DIVERGED_VALIDATION)}
     assert select_best([bad, good])["setting"] == {"lr": 1e-4}
+
+
+def test_time_budget_stops_between_units_and_the_report_lists_the_rest(tmp_path):
+    kw = dict(config=str(recipe_path("tiny_v2")), out=str(tmp_path / "work"), results_dir=str(tmp_path / "res"),
+              figures_dir=str(tmp_path / "fig"), progress=False)
+    result = run_study(**kw, time_budget_s=1e-3)
+    assert result["stopped"] == "base: time budget" and result["mus"] == {}
+    assert "mu0" in result["pending"] and (tmp_path / "res" / "study_tiny_v2.md").is_file()
