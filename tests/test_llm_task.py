@@ -1,6 +1,7 @@
 """The verifiable arithmetic task: generator, splits, canonical chains, verifier scale, demonstrations, tokenizer."""
 
 import random
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -138,11 +139,26 @@ def test_each_error_kind_gets_its_documented_reward(problem, seed):
     assert verify(problem, demonstration(problem, 0.0, rng)) == 1.0
     assert verify(problem, corrupted_demonstration(problem, "wrong_final", rng)) == 0.5
     wrong = corrupted_demonstration(problem, "wrong_intermediate", rng)
-    assert parse_response(wrong).answer != problem.answer  # the slip propagates to the answer
+    parsed = parse_response(wrong)
+    # The slip propagates to the answer.  A slip that makes a result negative, later written as a right operand
+    # ("14+-6"), leaves the step grammar (right operands are unsigned): then the chain does not parse at all.
+    if parsed is None:
+        assert re.search(r"[+\-*]-\d", wrong), wrong
+    else:
+        assert parsed.answer != problem.answer
     assert verify(problem, wrong) < 0.5
     assert verify(problem, corrupted_demonstration(problem, "malformed", rng)) == 0.0
     with pytest.raises(ValueError, match="kind"):
         corrupted_demonstration(problem, "typo", rng)
+
+
+def test_a_slip_to_a_negative_right_operand_does_not_parse():
+    # Found by the property above: 5+5+4+1*4 with seed 0 writes "1*4=-6; 14+-6=8".
+    problem = make_problems(1, 2, 4, max_operand=9)[0]
+    rng = random.Random(0)
+    demonstration(problem, 0.0, rng), corrupted_demonstration(problem, "wrong_final", rng)
+    wrong = corrupted_demonstration(problem, "wrong_intermediate", rng)
+    assert "14+-6" in wrong and parse_response(wrong) is None and verify(problem, wrong) == 0.0
 
 
 def test_demonstration_error_rate_is_controlled():

@@ -299,7 +299,9 @@ def corrupted_demonstration(problem: Problem, kind: str, rng: random.Random) -> 
     """A demonstration with one error of the given kind:
 
     * ``wrong_intermediate``: one step's result is off by a small nonzero delta and the error propagates, so
-      the final answer is wrong too (every later factor is ≥ 2, so the error never cancels) — reward < 0.5;
+      the final answer is wrong too (every later factor is ≥ 2, so the error never cancels) — reward < 0.5 (a
+      slip that makes a result negative, later written as a right operand, e.g. ``14+-6``, leaves the step
+      grammar: such a chain does not parse and scores 0);
     * ``wrong_final``: every step is right, the answer line is off — reward exactly 0.5;
     * ``malformed``: the answer segment is missing, or a step lost its ``=``, or the text is cut mid-chain —
       reward 0.
