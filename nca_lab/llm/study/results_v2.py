@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nca_lab.llm.study.plots import COLORS, _plt
 from nca_lab.llm.study.report_v2 import build_report
-from nca_lab.llm.study.state import json_safe, write_json
+from nca_lab.llm.study.state import json_safe, repo_relative, write_json
 
 __all__ = ["write_report", "markdown_v2"]
 
@@ -30,6 +30,7 @@ def _ms(st, d=3):
 
 
 def _save(fig, data, path: Path) -> list[str]:
+    fig.tight_layout()  # the lower row's titles otherwise sit on the upper row's axis labels
     fig.savefig(path.with_suffix(".png"), dpi=110, bbox_inches="tight")
     _plt().close(fig)
     path.with_suffix(".json").write_text(json.dumps(json_safe(data), indent=1, default=str) + "\n")
@@ -191,6 +192,6 @@ def write_report(study) -> dict:
     res = _strip_per_prompt(res)
     res["figures"] = _figures(rep, cfg, Path(study.figures_dir), prefix)
     study.results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(study.results_dir / f"{name}.json", res)
+    write_json(study.results_dir / f"{name}.json", repo_relative(res))
     (study.results_dir / f"{name}.md").write_text(markdown_v2(json_safe(res)))
     return res
