@@ -273,3 +273,24 @@ class ResponseCollator:
         return collate_responses(features, pad_token_id=self.pad_token_id, k_max=self.k_max,
                                  pad_to_multiple_of=self.pad_to_multiple_of, packed=self.packed,
                                  shared_prompt=self.shared_prompt)
+
+
+# ----------------------------------------------------------------------------------------- generation batches
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    """Prompts ``seqs`` left-padded to one ``[B, T]`` tensor of ids and its attention mask (``generate``
+    continues every row from the right end, so prompts end at the same column)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def cut_at_eos(ids: list[int], eos: int) -> list[int]:
+    """Generated ids up to and including the first EOS.  ``generate`` pads only rows that already emitted EOS,
+    so a row without EOS is all sampled tokens (a sampled pad id among them is kept: it was drawn from π)."""
+    return ids[:ids.index(eos) + 1] if eos in ids else ids

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from nca_lab.llm.config import TrainConfig, loss_hparams, resolved_hparams
+from nca_lab.llm.collate import cut_at_eos, left_pad
 from nca_lab.llm.logps import batch_logps
 from nca_lab.llm.metrics import MetricAccumulator
 from nca_lab.llm.rewards import max_reward, resolve_reward, score_responses
@@ -138,16 +139,6 @@ class PromptCollator:
 # ----------------------------------------------------------------------------------------- the trainer
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _scalar(value: float, device) -> Tensor:
     return torch.tensor(float(value), dtype=torch.float32, device=device)
 
@@ -222,13 +213,13 @@ class OnlineTrainer(ContrastiveTrainer):
                                   top_k=0, top_p=1.0, pad_token_id=pad, eos_token_id=eos,
                                   bos_token_id=tokenizer.bos_token_id, use_cache=True)
         flat = [p for p in prompt_ids for _ in range(k)]
-        input_ids, attention_mask = _left_pad(flat, pad, self.args.device)
+        input_ids, attention_mask = left_pad(flat, pad, self.args.device)
         devices = [self.args.device] if self.args.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self._autocast():
             torch.manual_seed(seed)
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
         new = out[:, input_ids.shape[1]:].tolist()
-        return [row[:row.index(eos) + 1] if eos in row else row for row in new]
+        return [cut_at_eos(row, eos) for row in new]
 
     def _decode(self, ids: list[int]) -> str:
         tokenizer = self.processing_class

@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from nca_lab.llm.collate import cut_at_eos, left_pad
+
 __all__ = [
     "sample_responses",
     "greedy_answers",
@@ -71,22 +73,6 @@ def _encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
     return [x[:-1] if len(x) > 1 and x[-1] == eos else list(x) for x in ids]
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _cut_at_eos(ids: list[int], eos: int) -> list[int]:
-    """Generated ids up to and including the first EOS.  ``generate`` pads only rows that already emitted EOS,
-    so a row without EOS is all sampled tokens (a sampled pad id among them is kept: it was drawn from π)."""
-    return ids[:ids.index(eos) + 1] if eos in ids else ids
 
 
 def _fork_rng(device: torch.device):
@@ -123,14 +109,14 @@ def generate_response_ids(model, tokenizer, prompts: Sequence[str], *, k: int, m
     try:
         for b, start in enumerate(tqdm(starts, desc="generate", disable=not progress)):
             chunk = prompt_ids[start:start + batch_size]
-            input_ids, attention_mask = _left_pad(chunk, pad, device)
+            input_ids, attention_mask = left_pad(chunk, pad, device)
             with _fork_rng(device):
                 torch.manual_seed(seed + b)
                 seqs = model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                       generation_config=config)
             new = seqs[:, input_ids.shape[1]:].tolist()  # rows ordered prompt-major: prompt i, samples 0..k-1
             for i in range(len(chunk)):
-                out.append([_cut_at_eos(new[i * k + j], eos) for j in range(k)])
+                out.append([cut_at_eos(new[i * k + j], eos) for j in range(k)])
     finally:
         model.train(was_training)
     return out
