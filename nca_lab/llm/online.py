@@ -333,8 +333,8 @@ def run_online(cfg: TrainConfig, command: list[str] | str | None = None) -> dict
     from nca_lab.llm.callbacks import DivergenceCallback, InterruptCallback, use_log_lines
     from nca_lab.llm.collate import ResponseCollator
     from nca_lab.llm.reference import model_fingerprint
-    from nca_lab.llm.run_dir import check_model_path, check_resume, clear_checkpoints, latest_complete_checkpoint, \
-        prepare_output_dir, run_definition, write_run_config
+    from nca_lab.llm.run_dir import check_model_path, check_resume, claim_output_dir, latest_complete_checkpoint, \
+        prepare_output_dir, run_definition
     from nca_lab.llm.train import _check_extras, _check_finished, _ensure_pad_token, _metric_beta, _say, _versions, \
         _wrap_lora, _device_description, load_model, load_tokenizer, model_path, training_arguments
     from nca_lab.llm.trainer import StopAfterStepsCallback, disable_dropout
@@ -386,15 +386,7 @@ def run_online(cfg: TrainConfig, command: list[str] | str | None = None) -> dict
     if cfg.lora:
         model = _wrap_lora(model, cfg)
 
-    state.wait_for_everyone()
-    if args.process_index == 0:
-        if cfg.overwrite:
-            removed = clear_checkpoints(output_dir)
-            if removed:
-                _say(args, f"--overwrite: removed {', '.join(removed)} from {output_dir}")
-        if not cfg.resume or cfg.resume_force or not os.path.isfile(os.path.join(output_dir, "run_config.json")):
-            write_run_config(output_dir, definition)
-    state.wait_for_everyone()
+    claim_output_dir(output_dir, cfg, definition, state=state, is_main=args.process_index == 0)
 
     import datasets
 

@@ -199,6 +199,22 @@ def write_run_config(out: str, definition: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def claim_output_dir(out: str, cfg: TrainConfig, definition: dict[str, Any], *, state, is_main: bool) -> None:
+    """Take ``out`` for this run, once every check has passed (data, options, model, reference): only now does
+    ``--overwrite`` remove the old run's checkpoints, which this run replaces, and ``run_config.json`` is written
+    (kept as stored on a checked ``--resume``).  The main process does it between two barriers of the
+    accelerate ``state``, so no process starts training on a half-cleared folder."""
+    state.wait_for_everyone()
+    if is_main:
+        if cfg.overwrite:
+            removed = clear_checkpoints(out)
+            if removed:
+                print(f"--overwrite: removed {', '.join(removed)} from {out}", flush=True)
+        if not cfg.resume or cfg.resume_force or not os.path.isfile(os.path.join(out, RUN_CONFIG)):
+            write_run_config(out, definition)
+    state.wait_for_everyone()
+
+
 def _differences(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(stored) | set(now)):

@@ -292,8 +292,7 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
     from nca_lab.llm.collate import ResponseCollator
     from nca_lab.llm.demo import demo_inputs
     from nca_lab.llm.reference import attach_ref_logps, compute_reference_logps, model_fingerprint
-    from nca_lab.llm.run_dir import check_resume, clear_checkpoints, latest_complete_checkpoint, run_definition, \
-        write_run_config
+    from nca_lab.llm.run_dir import check_resume, claim_output_dir, latest_complete_checkpoint, run_definition
     from nca_lab.llm.sharding import prepare_trainer as prepare_trainer_for_fsdp
     from nca_lab.llm.sharding import save_full_model
     from nca_lab.llm.trainer import ContrastiveTrainer, StopAfterStepsCallback, disable_dropout
@@ -392,15 +391,7 @@ def run(cfg: TrainConfig, command: list[str] | str | None = None) -> dict[str, A
         model = shard_model(model, cfg)  # FSDP2 units (nca_lab.llm.sharding); the Trainer/accelerate do the rest
 
     # Checked: only now does --overwrite remove the old run's checkpoints, which this run replaces.
-    state.wait_for_everyone()
-    if args.process_index == 0:
-        if cfg.overwrite:
-            removed = clear_checkpoints(output_dir)
-            if removed:
-                _say(args, f"--overwrite: removed {', '.join(removed)} from {output_dir}")
-        if not cfg.resume or cfg.resume_force or not os.path.isfile(os.path.join(output_dir, "run_config.json")):
-            write_run_config(output_dir, definition)
-    state.wait_for_everyone()
+    claim_output_dir(output_dir, cfg, definition, state=state, is_main=args.process_index == 0)
 
     divergence, interrupt = DivergenceCallback(), InterruptCallback()
     callbacks = [divergence, interrupt] + ([StopAfterStepsCallback(cfg.stop_after_steps)] if cfg.stop_after_steps
