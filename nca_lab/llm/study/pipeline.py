@@ -27,6 +27,19 @@ _RUN_STAGE = {"task": stage_task, "base": stage_base, "sample": stage_sample, "s
               "seeds": stage_seeds}
 
 
+def prepare_out_dir(out_dir: Path, *, fresh: bool, overwrite: bool) -> None:
+    """Create the study's work directory.  A ``fresh`` study refuses a non-empty one unless ``overwrite``, and
+    then deletes it only if it holds a study (a ``state.json``): never a folder of something else."""
+    if fresh and out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"out: {str(out_dir)!r} is not empty; pass --resume to continue its study or "
+                             "--overwrite to start over")
+        if not (out_dir / "state.json").is_file():
+            raise ValueError(f"out: {str(out_dir)!r} holds no study (no state.json); refusing to delete it")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
 def _quiet_libraries() -> None:
     """The driver's own progress bars are the ones to read: silence the per-run bars and info logs."""
     import datasets
@@ -75,14 +88,7 @@ def run_study(scale: str | None = None, *, config: str | None = None, out: str |
     if continuing and not state_file.is_file() and stages[0] not in ("task", "base"):
         raise ValueError(f"out: no study to continue in {str(out_dir)!r} (state.json missing); run the earlier "
                          "stages first")
-    if not continuing and out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise ValueError(f"out: {str(out_dir)!r} is not empty; pass --resume to continue its study or "
-                             "--overwrite to start over")
-        if not state_file.is_file():
-            raise ValueError(f"out: {str(out_dir)!r} holds no study (no state.json); refusing to delete it")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, fresh=not continuing, overwrite=overwrite)
     _quiet_libraries()
     study = Study(cfg, out_dir, command=command or "python -m nca_lab.llm.study", time_budget_s=time_budget_s,
                   results_dir=res_dir, figures_dir=fig_dir, progress=progress)

@@ -12,7 +12,6 @@ Results: ``<results.dir>/<results.name>.json`` + ``.md`` and ``<results.figures_
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] =
 
     ``stop_after_units`` stops after that many finished units (a deterministic cut, as a kill between two units
     would leave it); ``resume`` continues; a fresh study refuses a non-empty ``out`` unless ``overwrite``."""
-    from nca_lab.llm.study.pipeline import _quiet_libraries
+    from nca_lab.llm.study.pipeline import _quiet_libraries, prepare_out_dir
     from nca_lab.llm.study.results_v2 import write_report
     from nca_lab.llm.study.stages_v2 import STAGE_FUNCS, StopStudy, StudyV2
 
@@ -51,14 +50,7 @@ def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] =
     continuing = resume or list(stages) != list(STAGES_V2)
     if continuing and not state_file.is_file() and stages[0] != "task":
         raise ValueError(f"out: no study to continue in {str(out_dir)!r} (state.json missing)")
-    if not continuing and out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise ValueError(f"out: {str(out_dir)!r} is not empty; pass --resume to continue its study or "
-                             "--overwrite to start over")
-        if not state_file.is_file():
-            raise ValueError(f"out: {str(out_dir)!r} holds no study (no state.json); refusing to delete it")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, fresh=not continuing, overwrite=overwrite)
     _quiet_libraries()
     study = StudyV2(cfg, out_dir, command=command or "python -m nca_lab.llm.study", time_budget_s=time_budget_s,
                     stop_after_units=stop_after_units, results_dir=res_dir, figures_dir=fig_dir, progress=progress)
