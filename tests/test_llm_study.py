@@ -240,3 +240,23 @@ def test_resume_completes_what_a_time_budget_skipped(tiny_result, tmp_path):
         assert by_id[rid]["test"] is not None
         # same weights, same evaluation seed: the same numbers as before
         assert by_id[rid]["accuracy"] == before[rid]["accuracy"] and by_id[rid]["kl"] == pytest.approx(before[rid]["kl"])
+
+
+def test_prepare_out_dir_refuses_a_non_empty_folder_and_deletes_only_a_study(tmp_path):
+    from nca_lab.llm.study.pipeline import prepare_out_dir
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not empty"):
+        prepare_out_dir(other, fresh=True, overwrite=False)
+    with pytest.raises(ValueError, match="holds no study"):
+        prepare_out_dir(other, fresh=True, overwrite=True)
+    assert (other / "notes.txt").read_text() == "keep me"
+    prepare_out_dir(other, fresh=False, overwrite=False)  # continuing a study keeps the folder as it is
+    assert (other / "notes.txt").is_file()
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "state.json").write_text("{}")
+    prepare_out_dir(study, fresh=True, overwrite=True)
+    assert study.is_dir() and not any(study.iterdir())
