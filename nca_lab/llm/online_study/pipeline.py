@@ -75,8 +75,10 @@ class OnlineStudyConfig:
     # the contrastive losses' hyperparameters, v2's grid middles (rewards in [0, 1]; sequence log-ratios of ~1 nat)
     beta: float = 1.0
     alpha: float = 0.3
-    lr_scheduler: str = "constant_with_warmup"
-    warmup_ratio: float = 0.1
+    # constant lr, no warm-up: transformers' warm-up trains step 1 at lr 0 while our trainer's starts at lr/(W+1)
+    # (nca_lab.llm.trainer), so any warm-up would give the two trainers different schedules
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0
     n_validation: int = 200
     n_test: int = 300
     eval_samples: int = 2
@@ -184,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     from nca_lab.llm.online_study import stages
 
     cfg = SCALES[args.scale]
+    if cfg.steps % cfg.n_checkpoints:
+        print(f"error: --scale {args.scale}: steps {cfg.steps} is not a multiple of n_checkpoints {cfg.n_checkpoints}",
+              file=sys.stderr)
+        return 2
     if args.workers is not None:
         if args.workers < 1:
             print(f"error: --workers: expected a positive int, got {args.workers}", file=sys.stderr)

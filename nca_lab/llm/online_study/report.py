@@ -7,7 +7,8 @@ comparisons are the ones the study asks about (each method against TRL's Dr. GRP
 offline NCA, each method against μ); read them as estimates with a multiplicity note, not as a family of tests.
 
 Matched KL: methods move different distances from μ, so reward and accuracy are also compared at one KL(π‖μ),
-the smallest final KL among the methods, interpolated linearly along each run's checkpoint path (step 0 = μ, KL 0).
+the largest KL that every run's path reaches, interpolated linearly along each run's checkpoint path (step 0 = μ,
+KL 0), then averaged over a method's seeds.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def summarise(exp: Experiment) -> dict:
                                                         _per_prompt(finals["nca_offline"], key))
                                            for key in ("correct", "reward")}
     if finals:
-        target = min(statistics.mean(v["kl"]) for v in out["methods"].values())
+        # the largest KL every run's path reaches (each path starts at μ, KL 0): no run needs extrapolating
+        target = min(max(c["kl"] for c in r["checkpoints"]) for rs in finals.values() for r in rs)
         matched = {}
         for m, rs in finals.items():
             vals = {key: [at_kl(r, base, key, target) for r in rs] for key in ("accuracy", "reward")}
@@ -181,7 +183,10 @@ def markdown(exp: Experiment, summary: dict, scale: str) -> str:
         lines += ["", "`train s`: wall seconds of the training run (sampling, scoring, reference, forward/backward, "
                   "optimiser; the offline method's sampling from μ included); `gen tok/s`: sampled tokens per "
                   "second of `generate`; `train tok/s`: trained tokens per second of forward + backward (our trainer "
-                  "only: TRL's step is timed as a whole).", ""]
+                  "only: TRL's step is timed as a whole). The offline method's `gen tok/s` is its one-time sampling "
+                  "from μ in batches of many prompts, not comparable with the online batches of "
+                  f"{cfg.batch_size} × {cfg.k}. A seed pairs runs that share the test prompts and the seed number; "
+                  "our trainer and TRL draw their data order and samples from that seed with different samplers.", ""]
         for peer, table in summary["vs_peer"].items():
             lines += [f"## Paired against {LABELS[peer]} (method − peer, 95 % CI over seeds and prompts)", "",
                       "| method | Δ reward | Δ accuracy |", "|---|---|---|"]
@@ -194,15 +199,16 @@ def markdown(exp: Experiment, summary: dict, scale: str) -> str:
                       for m, c in summary["online_vs_offline"].items()]
             lines.append("")
         mk = summary["matched_kl"]
-        lines += [f"## At matched KL(π‖μ) = {mk['kl']:.3f} (the smallest final KL; interpolated along each run's "
-                  "checkpoints, mean over seeds)", "", "| method | reward | accuracy |", "|---|---|---|"]
+        lines += [f"## At matched KL(π‖μ) = {mk['kl']:.3f} (the largest KL every run reaches; interpolated along each "
+                  "run's checkpoints, mean over seeds)", "", "| method | reward | accuracy |", "|---|---|---|"]
         fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
         lines += [f"| {LABELS[m]} | {fmt(v['reward'])} | {fmt(v['accuracy'])} |" for m, v in mk["values"].items()]
         lines += ["", f"{summary['n_comparisons']} method-vs-peer/offline intervals are reported: at 95 % each, about "
                   f"{0.05 * summary['n_comparisons']:.1f} would exclude 0 by chance if no method differed.", ""]
     remaining = [s for s in ("base", "probe", "runs") if not exp.done(s)]
     if remaining:
-        lines += [f"**Not finished**: stages {remaining} remain; continue with `{state['command']} --resume`.", ""]
+        lines += [f"**Not finished**: stages {remaining} remain; continue with `python -m nca_lab.llm.online_study "
+                  f"--scale {scale} --out OUT --resume` (OUT: the first command's --out).", ""]
     return "\n".join(lines)
 
 
@@ -230,7 +236,8 @@ def figures(exp: Experiment, summary: dict, prefix: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, loc="best")
     fig.suptitle(f"On-policy vs offline vs TRL GRPO: {base.get('n_prompts')} test prompts, "
-                 f"{exp.cfg.k} samples per prompt, mean ± SE over {len(exp.cfg.seeds)} seeds (CPU)")
+                 f"K = {exp.cfg.k} per training prompt, mean ± SE over "
+                 f"{max(len(rs) for rs in finals.values())} seeds (CPU)")
     fig.tight_layout()
     fig.savefig(f"{prefix}_curves.png", dpi=110)
     plt.close(fig)

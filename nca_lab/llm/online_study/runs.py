@@ -27,7 +27,9 @@ def train_argv(spec: dict) -> list[str]:
     if method["loss"] in ("infonca", "nca"):
         argv += ["--alpha", str(cfg["alpha"])]
     if method["kind"] == "online":
-        argv += ["--online", "--reward", "arithmetic", "--online-ref", method["online_ref"],
+        # --no-online-kl: the logged KL estimate costs one more forward per step, which TRL's GRPO (beta 0) does
+        # not do; the study measures KL(π‖μ) at the checkpoints, for every method alike
+        argv += ["--online", "--no-online-kl", "--reward", "arithmetic", "--online-ref", method["online_ref"],
                  "--num-generations", str(cfg["k"]), "--temperature", str(cfg["temperature"]),
                  "--max-new-tokens", str(cfg["max_new_tokens"])]
     return argv
@@ -128,6 +130,7 @@ def execute(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     method = METHODS[spec["method"]]
+    shutil.rmtree(spec["run_dir"], ignore_errors=True)  # a run cut halfway is redone from the start
     t0 = time.perf_counter()
     sampled = sample_offline(spec) if method["kind"] == "offline" else None
     trained = _train_trl(spec) if method["kind"] == "trl" else _train_ours(spec)

@@ -52,8 +52,16 @@ def run_all(exp: Experiment, specs: list[dict], desc: str) -> None:
         with ProcessPoolExecutor(max_workers=exp.workers, mp_context=multiprocessing.get_context("spawn"),
                                  max_tasks_per_child=1) as pool:
             futures = {pool.submit(execute, spec): spec["id"] for spec in pending}
+            failed = None
             for future in as_completed(futures):
-                keep(future.result())
+                try:
+                    keep(future.result())
+                except Exception as e:  # keep the other runs' results; stop queuing new ones; re-raise below
+                    failed = failed or (futures[future], e)
+                    for other in futures:
+                        other.cancel()
+            if failed:
+                raise ValueError(f"run {failed[0]} failed: {type(failed[1]).__name__}: {failed[1]}") from failed[1]
     bar.close()
 
 
