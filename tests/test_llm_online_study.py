@@ -133,3 +133,13 @@ def test_at_kl_interpolates_along_the_path():
     assert at_kl(run, base, "reward", 0.5) == pytest.approx(0.6)          # halfway from μ (0, 0.5) to (1, 0.7)
     assert at_kl(run, base, "reward", 2.0) == pytest.approx(0.65)
     assert at_kl(run, base, "reward", 3.5) is None                        # never reached: no extrapolation
+
+
+def test_checkpoints_must_divide_the_steps(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from nca_lab.llm.online_study import pipeline
+
+    monkeypatch.setitem(pipeline.SCALES, "tiny", dataclasses.replace(SCALES["tiny"], steps=5))
+    assert main(["--scale", "tiny", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --scale tiny: steps 5 is not a multiple of n_checkpoints 2"
