@@ -143,3 +143,32 @@ def test_checkpoints_must_divide_the_steps(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(pipeline.SCALES, "tiny", dataclasses.replace(SCALES["tiny"], steps=5))
     assert main(["--scale", "tiny", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "error: --scale tiny: steps 5 is not a multiple of n_checkpoints 2"
+
+
+@pytest.mark.parametrize("best, grid", [(1e-5, [1.11e-5, 3.33e-5, 1e-4, 3e-4]),   # extended twice, then stops
+                                        (3.33e-5, [1.11e-5, 3.33e-5, 1e-4, 3e-4]),  # 3.33e-5 wins: one more below
+                                        (1e-3, [1e-4, 3e-4, 9e-4, 2.7e-3]),          # upward until 9e-4 is inside
+                                        (3e-4, [1e-4, 3e-4, 9e-4]),                  # an edge wins: one step past it
+                                        (2e-4, [1e-4, 3e-4, 9e-4])])                 # likewise (3e-4 is closer)
+def test_probe_extends_the_lr_grid_beyond_a_winning_edge(tmp_path, monkeypatch, best, grid):
+    """The probe's lr grid grows one geometric step past an edge that wins (at most twice), with fake runs
+    whose validation reward peaks at ``best``."""
+    import dataclasses
+    import math
+
+    from nca_lab.llm.online_study import stages
+    from nca_lab.llm.online_study.pipeline import Experiment
+
+    def fake_run_all(exp, specs, desc):
+        for s in specs:
+            exp.state["runs"][s["id"]] = {"reward": -abs(math.log(s["lr"] / best))}
+
+    monkeypatch.setattr(stages, "run_all", fake_run_all)
+    monkeypatch.setattr(Experiment, "prompts_file", lambda self: tmp_path / "prompts.jsonl")
+    cfg = dataclasses.replace(SCALES["tiny"], lrs=(1e-4, 3e-4))
+    exp = Experiment(cfg, tmp_path, "test")
+    stages.stage_probe(exp)
+    assert exp.state["probe"]["grid"] == pytest.approx(grid, rel=1e-9)
+    chosen = min(grid, key=lambda lr: abs(math.log(lr / best)))
+    assert exp.state["probe"]["lr"] == chosen
+    assert exp.state["probe"]["on_edge"] == (chosen in (grid[0], grid[-1]))

@@ -16,9 +16,10 @@ outcomes kept) at ``n_checkpoints`` points along training.  Methods (:data:`METH
 Stages (each resumable: ``state.json`` is rewritten after every unit of work, ``--resume`` skips what is done):
 
 ``base``    μ on the validation and test prompts (the step-0 point of every curve);
-``probe``   the learning rate: each lr of the grid with each probe method, seed ``probe_seed``, evaluated on the
-            validation prompts; the lr with the highest mean validation reward over the probe methods is used for
-            every method (the peers get the same lr, as the comparison asks);
+``probe``   the learning rate: each lr of the grid (extended beyond an edge that wins) with each probe method,
+            seed ``probe_seed``, evaluated on the validation prompts; the lr with the highest mean validation
+            reward over the probe methods is used for every method (the peers get the same lr, as the
+            comparison asks);
 ``runs``    every method × seed (never the probe's seed) at the chosen lr, evaluated on the test prompts; the
             offline method first draws its K samples per training prompt from μ (seed ``sample_seed + seed``),
             inside its run, so its cost includes them;

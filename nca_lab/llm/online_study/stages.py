@@ -9,6 +9,8 @@ from pathlib import Path
 
 from nca_lab.llm.online_study.pipeline import METHODS, Experiment, run_id
 
+MAX_EXTEND = 2  # at most two geometric extensions of the lr grid beyond its edge
+
 
 def _spec(exp: Experiment, method: str, lr: float, seed: int, split: str, n: int, checkpoint_steps: list[int]) -> dict:
     cfg = exp.cfg
@@ -97,22 +99,32 @@ def stage_base(exp: Experiment, **_) -> None:
 
 def stage_probe(exp: Experiment, **_) -> None:
     """Each lr of the grid with each probe method (seed ``probe_seed``, validation prompts, final checkpoint);
-    the lr with the highest mean validation reward over the probe methods is every method's lr."""
+    the lr with the highest mean validation reward over the probe methods is every method's lr. When it is on
+    the grid's edge, the grid is extended by one geometric step beyond that edge (up to :data:`MAX_EXTEND`
+    times) and the new lr probed."""
     if exp.done("probe"):
         return
     cfg = exp.cfg
     t0 = time.perf_counter()
-    specs = [_spec(exp, m, lr, cfg.probe_seed, "validation", cfg.n_validation, [cfg.steps])
-             for lr in cfg.lrs for m in cfg.probe_methods]
-    run_all(exp, specs, "probe")
-    table = []
-    for lr in cfg.lrs:
-        rewards = {m: exp.state["runs"][run_id(m, lr, cfg.probe_seed, "validation")]["reward"]
-                   for m in cfg.probe_methods}
-        table.append({"lr": lr, "rewards": rewards, "mean_reward": statistics.mean(rewards.values())})
-    chosen = max(table, key=lambda row: row["mean_reward"])
-    exp.state["probe"] = {"table": table, "lr": chosen["lr"],
-                          "on_edge": len(cfg.lrs) > 1 and chosen["lr"] in (cfg.lrs[0], cfg.lrs[-1])}
+    lrs = sorted(cfg.lrs)
+    for _ in range(MAX_EXTEND + 1):
+        specs = [_spec(exp, m, lr, cfg.probe_seed, "validation", cfg.n_validation, [cfg.steps])
+                 for lr in lrs for m in cfg.probe_methods]
+        run_all(exp, specs, "probe")
+        table = []
+        for lr in lrs:
+            rewards = {m: exp.state["runs"][run_id(m, lr, cfg.probe_seed, "validation")]["reward"]
+                       for m in cfg.probe_methods}
+            table.append({"lr": lr, "rewards": rewards, "mean_reward": statistics.mean(rewards.values())})
+        chosen = max(table, key=lambda row: row["mean_reward"])
+        on_edge = len(lrs) > 1 and chosen["lr"] in (lrs[0], lrs[-1])
+        if not on_edge or len(lrs) - len(cfg.lrs) >= MAX_EXTEND:
+            break
+        # the best lr is on the grid's edge: extend the grid one geometric step beyond it and probe again
+        ratio = lrs[1] / lrs[0]
+        lrs = sorted(lrs + [float(f"{chosen['lr'] / ratio:.3g}") if chosen["lr"] == lrs[0]
+                            else float(f"{chosen['lr'] * ratio:.3g}")])
+    exp.state["probe"] = {"table": table, "lr": chosen["lr"], "grid": lrs, "on_edge": on_edge}
     exp.finish("probe", time.perf_counter() - t0, lr=chosen["lr"])
 
 

@@ -1,0 +1,119 @@
+"""Run mutmut over the configured theory core in resumable slices, and print the score so far.
+
+``python tests/mutation/run.py --minutes 60`` (from the repository root, with the ``mutation`` extra installed):
+
+1. restores mutmut's state from ``tests/mutation/state/`` into ``mutants/`` (its test statistics
+   ``mutmut-stats.json`` and one ``<file>.meta`` per mutated source file: each mutant's exit code, and the hash of
+   each function it was generated from);
+2. runs ``mutmut run --max-children N`` for at most ``--minutes`` (then SIGINT: mutmut stops its workers and
+   keeps every verdict it has; it writes the ``.meta`` file after each mutant). mutmut re-tests a mutant only when
+   it has no verdict yet or when the function it mutates changed (hash), so each slice continues the last one
+   and stale verdicts are dropped by mutmut itself;
+3. copies the state back into ``tests/mutation/state/`` (commit it: the next session's slice continues from it)
+   and prints the tally per status and the score = killed (incl. timeouts) / (killed + survived + no tests).
+
+``--score`` only prints the tally of the committed state. The surviving mutants are listed with ``--survivors``
+(names for ``mutmut show NAME``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = ROOT / "tests" / "mutation" / "state"
+WORK = ROOT / "mutants"
+# mutmut 3.8's exit-code meaning (mutmut.stats.status_by_exit_code), folded into what the score needs
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check", None: "not checked"}
+
+
+def _state_files(root: Path) -> list[Path]:
+    return sorted([*root.rglob("*.meta"), *root.glob("mutmut-stats.json")])
+
+
+def restore() -> int:
+    n = 0
+    for src in _state_files(STATE):
+        dst = WORK / src.relative_to(STATE)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        n += 1
+    return n
+
+
+def save() -> int:
+    n = 0
+    for src in _state_files(WORK):
+        dst = STATE / src.relative_to(WORK)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        n += 1
+    return n
+
+
+def tally(root: Path) -> tuple[Counter, list[str]]:
+    counts: Counter = Counter()
+    survivors = []
+    for meta in sorted(root.rglob("*.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            status = STATUS.get(code, "suspicious")
+            counts[status] += 1
+            if status in ("survived", "no tests"):
+                survivors.append(f"{name}  ({status})")
+    return counts, survivors
+
+
+def report(root: Path, show_survivors: bool) -> None:
+    counts, survivors = tally(root)
+    total = sum(counts.values())
+    detected = counts["killed"] + counts["timeout"]
+    judged = detected + counts["survived"] + counts["no tests"]
+    print(f"mutants: {total}; " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    if judged:
+        print(f"score so far: {detected}/{judged} = {detected / judged:.1%} of the checked mutants detected "
+              f"(equivalent mutants not yet removed: a lower bound); not checked: {counts['not checked']}")
+    if show_survivors:
+        print("\n".join(survivors))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock limit of this slice")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--score", action="store_true", help="only print the committed state's tally")
+    parser.add_argument("--survivors", action="store_true", help="list surviving / uncovered mutants")
+    args = parser.parse_args(argv)
+    if args.score:
+        report(STATE, args.survivors)
+        return 0
+    if args.minutes <= 0 or args.max_children < 1:
+        print("error: --minutes must be > 0 and --max-children ≥ 1", file=sys.stderr)
+        return 2
+    print(f"restored {restore()} state files into {WORK}")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["mutmut", "run", "--max-children", str(args.max_children)], cwd=ROOT)
+    try:
+        proc.wait(timeout=args.minutes * 60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # mutmut: "Stopping...", workers stopped, verdicts kept
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    print(f"mutmut ran {time.monotonic() - t0:.0f} s (exit {proc.returncode}); saved {save()} state files to {STATE}")
+    report(STATE, args.survivors)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
