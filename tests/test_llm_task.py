@@ -67,8 +67,9 @@ def test_splits_are_fixed_sized_and_disjoint(level):
     assert all(lo <= len(p.operators) <= hi for v in splits.values() for p in v)
     assert max(max(p.operands) for v in splits.values() for p in v) == LEVELS[level].max_operand
     assert load_splits(n_train=10, level=level)["train"] == splits["train"][:10]
-    with pytest.raises(ValueError, match="n_train"):
-        load_splits(n_train=SPLITS["train"].size + 1, level=level)
+    for bad in (SPLITS["train"].size + 1, -1, "10", 2.0, True):
+        with pytest.raises(ValueError, match=r"^n_train: expected 0\.\."):
+            load_splits(n_train=bad, level=level)
 
 
 def test_standard_level_is_the_default_and_unknown_levels_are_rejected():

@@ -281,7 +281,8 @@ def load_splits(n_train: int | None = None, level: str = "standard") -> dict[str
     if level not in LEVELS:
         raise ValueError(f"level: expected one of {sorted(LEVELS)}, got {level!r}")
     size = SPLITS["train"].size
-    if n_train is not None and not (0 <= n_train <= size):
+    bad_type = not isinstance(n_train, int) or isinstance(n_train, bool)  # "10" or True: not a count
+    if n_train is not None and (bad_type or not 0 <= n_train <= size):
         raise ValueError(f"n_train: expected 0..{size}, got {n_train!r}")
     train = _split("train", level)
     return {"train": list(train[:n_train] if n_train is not None else train),
