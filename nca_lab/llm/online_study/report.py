@@ -28,10 +28,12 @@ LABELS = {
     "nca_initial": "NCA, ref μ", "nca_sampler": "NCA, ref sampler", "dpo_initial": "DPO best-vs-worst, ref μ",
     "grpo_dapo": "TRL GRPO (dapo)", "grpo_dr": "TRL GRPO (dr_grpo)", "nca_offline": "NCA offline (samples of μ)",
 }
-STYLE = {  # colour per loss family, line style per reference, so that 8 curves stay legible
-    "infonca_initial": ("C0", "-"), "infonca_sampler": ("C0", "--"), "nca_initial": ("C1", "-"),
-    "nca_sampler": ("C1", "--"), "dpo_initial": ("C2", "-"), "grpo_dapo": ("C3", "-"), "grpo_dr": ("C3", "--"),
-    "nca_offline": ("C4", ":"),
+STYLE = {  # colour per loss family, line style per reference, marker per method, so that 8 curves stay legible
+    # (InfoNCA and NCA at the sampler reference can coincide: NCA's gradient there is half InfoNCA's, Proposition
+    # 13, and Adam's update is invariant to that factor; InfoNCA's large hollow marker keeps it visible)
+    "infonca_initial": ("C0", "-", "o"), "infonca_sampler": ("C0", "--", "o"), "nca_initial": ("C1", "-", "s"),
+    "nca_sampler": ("C1", "--", "s"), "dpo_initial": ("C2", "-", "^"), "grpo_dapo": ("C3", "-", "D"),
+    "grpo_dr": ("C3", "--", "D"), "nca_offline": ("C4", ":", "v"),
 }
 
 
@@ -170,14 +172,15 @@ def markdown(exp: Experiment, summary: dict, scale: str) -> str:
                   ""]
     if summary["methods"]:
         lines += ["## Final runs (test prompts, final checkpoint; mean ± SD over seeds)", "",
-                  "| method | seeds | accuracy | reward | KL(π‖μ) | train s | gen tok/s | train tok/s | Δreward vs μ "
-                  "[95 % CI] | Δaccuracy vs μ |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | seeds | accuracy | reward | KL(π‖μ) | train s | Δreward / train min | gen tok/s | "
+                  "train tok/s | Δreward vs μ [95 % CI] | Δaccuracy vs μ |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for m, s in summary["methods"].items():
             vs = summary["vs_mu"][m]
             tt = s["training_tokens_per_second"]
             lines.append(f"| {LABELS[m]} | {len(s['seeds'])} | {_mean_sd(s['accuracy'])} | {_mean_sd(s['reward'])} | "
                          f"{_mean_sd(s['kl'])} | {statistics.mean(s['seconds']):.0f} | "
+                         f"{s['reward_gain_per_minute']:.4f} | "
                          f"{s['generation_tokens_per_second']:.0f} | {f'{tt:.0f}' if tt else '—'} | "
                          f"{_fmt_ci(vs['reward'])} | {_fmt_ci(vs['correct'])} |")
         lines += ["", "`train s`: wall seconds of the training run (sampling, scoring, reference, forward/backward, "
@@ -220,25 +223,27 @@ def figures(exp: Experiment, summary: dict, prefix: Path) -> None:
 
     base = exp.state["base"]["test"]
     finals = final_runs(exp)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
     panels = [("samples", "accuracy", "greedy accuracy (test)"), ("samples", "reward", "mean sampled reward (test)"),
               ("kl", "accuracy", "greedy accuracy (test)"), ("kl", "reward", "mean sampled reward (test)")]
     for ax, (x, y, ylabel) in zip(axes.flat, panels):
         for m, rs in finals.items():
-            color, ls = STYLE[m]
+            color, ls, marker = STYLE[m]
             xs = [0.0] + [statistics.mean(r["checkpoints"][i][x] for r in rs) for i in range(len(rs[0]["checkpoints"]))]
             ys = np.array([[base[y]] + [c[y] for c in r["checkpoints"]] for r in rs])
             se = ys.std(axis=0, ddof=1) / np.sqrt(len(rs)) if len(rs) > 1 else np.zeros(ys.shape[1])
-            ax.errorbar(xs, ys.mean(axis=0), yerr=se, color=color, ls=ls, marker="o", ms=3, capsize=2,
-                        label=LABELS[m])
+            hollow = m == "infonca_sampler"
+            ax.errorbar(xs, ys.mean(axis=0), yerr=se, color=color, ls=ls, marker=marker, ms=9 if hollow else 4,
+                        mfc="none" if hollow else color, capsize=2, label=LABELS[m])
         ax.set_xlabel("samples drawn (offline: samples trained on)" if x == "samples" else "KL(π‖μ), nats (sampled)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8, loc="best")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
     fig.suptitle(f"On-policy vs offline vs TRL GRPO: {base.get('n_prompts')} test prompts, "
                  f"K = {exp.cfg.k} per training prompt, mean ± SE over "
                  f"{max(len(rs) for rs in finals.values())} seeds (CPU)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the panels
     fig.savefig(f"{prefix}_curves.png", dpi=110)
     plt.close(fig)
 
