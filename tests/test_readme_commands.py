@@ -78,6 +78,10 @@ PLAN: dict[str, dict] = {
         "writes": "runs/bench_tiny/bench.json",
         "reason": "the 0.5B-parameter benchmark is the GPU run; the same command at the tiny size without TRL's runs "
                   "(with them: 39 s of CPU instead of 15; tests/test_llm_bench.py runs TRL side by side)"},
+    "python -m nca_lab.llm.online_study --scale cpu --out runs/online_cpu": {
+        "kind": "help", "help": "python -m nca_lab.llm.online_study --help",
+        "reason": "the CPU study takes about an hour on 2 cores; tests/test_llm_online_study.py runs its tiny "
+                  "scale end to end"},
     "python -m nca_lab.llm.study --scale cpu": {
         "kind": "help", "help": "python -m nca_lab.llm.study --help",
         "reason": "the CPU study takes hours; tests/test_llm_study.py runs its tiny recipe"},
