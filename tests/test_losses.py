@@ -444,6 +444,38 @@ def test_combination():
     assert get_loss("dpo") is LOSSES["dpo"] and get_loss("1*dpo") is LOSSES["dpo"]
 
 
+def test_combination_passes_mask_and_validate_to_every_term():
+    """A weighted sum forwards ``mask`` and ``validate`` to each term: with a padded entry it equals the sum of the
+    terms computed with the same mask (and differs from the unmasked sum); by default it validates the data (a
+    NaN reward in a valid entry is refused, as each term refuses it); ``validate=False`` reaches the terms."""
+    comb = get_loss("nca+0.5*dpo")
+    pl, rl, rw = t64([-3.0, -5.0, -4.0], [-1.0, -2.0, -6.0]), t64([-4.0, -4.5, -3.0], [-1.5, -2.5, -1.0]), \
+        t64([2.0, 0.0, 1.0], [1.0, 3.0, 0.0])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    got = comb(pl, rl, rw, mask=mask, beta=0.3, alpha=0.7)
+    expect = L.nca(pl, rl, rw, mask=mask, beta=0.3, alpha=0.7) + 0.5 * L.dpo(pl, rl, rw, mask=mask, beta=0.3)
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-15)
+    assert not torch.allclose(got[1], (L.nca(pl, rl, rw, beta=0.3, alpha=0.7) + 0.5 * L.dpo(pl, rl, rw, beta=0.3))[1])
+    bad = rw.clone()
+    bad[0, 1] = math.nan
+    _err(lambda: comb(pl, rl, bad, beta=0.3), r"^nca: rewards\[0, 1\] is nan in a valid entry")
+    unchecked = comb(pl, rl, bad, beta=0.3, validate=False)  # no data check: the NaN flows into the value
+    assert torch.isnan(unchecked[0]) and torch.isfinite(unchecked[1])
+
+
+def test_combination_names_unknown_hyperparameters_and_what_its_terms_accept():
+    lp, ref, R = t64([-1.0, -2.0]), t64([-1.0, -2.0]), t64([1.0, 0.0])
+    with pytest.raises(ValueError) as err:
+        get_loss("nca+0.1*sft")(lp, ref, R, zeta=1.0, gamma=2.0)
+    accepted = ", ".join(get_loss("nca+0.1*sft").hparams)
+    assert str(err.value) == f"loss 'nca+0.1*sft' has no hyperparameter gamma, zeta; its terms accept: {accepted}"
+    names = accepted.split(", ")
+    assert len(names) == len(set(names)) and set(names) == {*LOSSES["nca"].defaults, *LOSSES["sft"].defaults}
+    with pytest.raises(ValueError) as err:
+        get_loss("0.5*sft")(lp, None, R, beta=1.0)  # a scaled term alone is a combination too
+    assert str(err.value) == "loss '0.5*sft' has no hyperparameter beta; its terms accept: (none)"
+
+
 # ------------------------------------------------------------------ errors
 
 

@@ -395,9 +395,30 @@ def test_batched_inputs_match_rowwise():
         (lambda: T.ipo_finite_data_optimum([], 3, 1.0), "pairs"),
         (lambda: T.ipo_finite_data_optimum([(0, 1, 2)], 3, 1.0), "pairs[0]"),
         (lambda: T.ipo_finite_data_optimum([(0, 1)], 3, 1.0, mu=[0.5, 0.5]), "mu"),
+        # an index equal to n_actions is outside [0, n): the winner's bound is as strict as the loser's
+        (lambda: T.ipo_finite_data_optimum([(3, 0)], 3, 1.0), "pairs[0] = (3, 0) has an action outside [0, 3)"),
+        (lambda: T.ipo_finite_data_optimum([(0, 3)], 3, 1.0), "pairs[0] = (0, 3) has an action outside [0, 3)"),
+        # a value that is not a number at all gets its own message, naming it
+        (lambda: T.rdpo_per_sample_loss(0.3, "a"), "eps must be a number in [0, 1/2), got 'a'"),
+        (lambda: T.rdpo_expected_loss(0.3, None), "eps must be a number in [0, 1/2), got None"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_field(call, field):
     # every message starts with the field it is about (anchored: a message that lost its field name fails)
     with pytest.raises(ValueError, match="^" + __import__("re").escape(field)):
         call()
+
+
+def test_rdpo_losses_compute_in_float64_whatever_the_input_dtype():
+    """A float32 margin is computed in float64 (the closed forms are compared to 1e-11 elsewhere; float32 arithmetic
+    would be off by ~1e-7). Independent value: the float64 formula on the same (exactly representable) margins."""
+    h32 = np.array([-2.5, 0.75, 3.0], dtype=np.float32)
+    h64 = h32.astype(np.float64)
+    eps = 0.2
+    lhat = ((1 - eps) * np.logaddexp(0.0, -h64) - eps * np.logaddexp(0.0, h64)) / (1 - 2 * eps)
+    got = T.rdpo_per_sample_loss(h32, eps)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, lhat, rtol=1e-15, atol=1e-15)
+    expected = T.rdpo_expected_loss(h32, eps)
+    assert expected.dtype == np.float64
+    np.testing.assert_allclose(expected, np.logaddexp(0.0, -h64), rtol=1e-14, atol=1e-14)  # Proposition 11
