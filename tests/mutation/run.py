@@ -12,7 +12,9 @@
 3. copies the state back into ``tests/mutation/state/`` (commit it: the next session's slice continues from it)
    and prints the tally per status and the score = killed (incl. timeouts) / (killed + survived + no tests).
 
-``--score`` only prints the tally of the committed state. The surviving mutants are listed with ``--survivors``
+``--score`` only prints the tally of the committed state. Mutant names given as arguments are re-tested even
+when they have a verdict (mutmut keeps a survivor's verdict until its function changes: after adding a test
+for it, name it). The surviving mutants are listed with ``--survivors``
 (names for ``mutmut show NAME``).
 """
 
@@ -37,7 +39,8 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 
 
 def _state_files(root: Path) -> list[Path]:
-    return sorted([*root.rglob("*.meta"), *root.glob("mutmut-stats.json")])
+    # only the mutated package's .meta files: mutmut copies tests/ (and so this state folder) into mutants/ too
+    return sorted([*(root / "nca_lab").rglob("*.meta"), *root.glob("mutmut-stats.json")])
 
 
 def restore() -> int:
@@ -63,7 +66,7 @@ def save() -> int:
 def tally(root: Path) -> tuple[Counter, list[str]]:
     counts: Counter = Counter()
     survivors = []
-    for meta in sorted(root.rglob("*.meta")):
+    for meta in sorted((root / "nca_lab").rglob("*.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             status = STATUS.get(code, "suspicious")
             counts[status] += 1
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--score", action="store_true", help="only print the committed state's tally")
     parser.add_argument("--survivors", action="store_true", help="list surviving / uncovered mutants")
+    parser.add_argument("names", nargs="*", help="re-test only these mutants (e.g. survivors after a new test)")
     args = parser.parse_args(argv)
     if args.score:
         report(STATE, args.survivors)
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"restored {restore()} state files into {WORK}")
     t0 = time.monotonic()
-    proc = subprocess.Popen(["mutmut", "run", "--max-children", str(args.max_children)], cwd=ROOT)
+    proc = subprocess.Popen(["mutmut", "run", "--max-children", str(args.max_children), *args.names], cwd=ROOT)
     try:
         proc.wait(timeout=args.minutes * 60)
     except subprocess.TimeoutExpired:
