@@ -43,24 +43,22 @@ def _state_files(root: Path) -> list[Path]:
     return sorted([*(root / "nca_lab").rglob("*.meta"), *root.glob("mutmut-stats.json")])
 
 
-def restore() -> int:
-    n = 0
-    for src in _state_files(STATE):
-        dst = WORK / src.relative_to(STATE)
+def _copy_state(src_root: Path, dst_root: Path) -> int:
+    """Copy mutmut's state files from one root to the other (same relative paths); their count."""
+    files = _state_files(src_root)
+    for src in files:
+        dst = dst_root / src.relative_to(src_root)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-        n += 1
-    return n
+    return len(files)
+
+
+def restore() -> int:
+    return _copy_state(STATE, WORK)
 
 
 def save() -> int:
-    n = 0
-    for src in _state_files(WORK):
-        dst = STATE / src.relative_to(WORK)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
-        n += 1
-    return n
+    return _copy_state(WORK, STATE)
 
 
 def tally(root: Path) -> tuple[Counter, list[str]]:
