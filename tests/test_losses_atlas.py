@@ -344,3 +344,121 @@ def test_every_registry_name_is_accepted_by_the_trainer_study_and_bench(tmp_path
                                       "generic", "--output-dir", str(tmp_path / name), "--loss", name, "--beta", "0.1",
                                       "--max-steps", "1"])
             assert loss_hparams(bench)["beta"] == 0.1
+
+
+# ------------------------------------------------------------------ contract checks per atlas loss
+
+# The defaults each docstring states (the paper's, or TRL 1.16's config where TRL has the loss).
+ATLAS_DEFAULTS = {
+    "exo": {"beta": 0.1, "alpha": 1e-4, "eps": 1e-3},
+    "apo_zero": {"beta": 0.1, "pairs": "best_worst"},
+    "apo_down": {"beta": 0.1, "pairs": "best_worst"},
+    "discopop": {"beta": 0.1, "tau": 0.05, "pairs": "best_worst"},
+    "bco_pair": {"beta": 0.1, "pairs": "best_worst"},
+    "sigmoid_norm": {"beta": 0.1, "pairs": "best_worst"},
+    "sppo": {"beta": 0.1},
+    "plackett_luce": {"beta": 0.1},
+    "astar_po": {"beta": 2e-3, "alpha": 0.5},
+    "orpo": {"lam": 0.1, "pairs": "best_worst"},
+    "kto": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
+}
+
+
+def _off_reference_batch(seed: int = 21, B: int = 3, K: int = 4):
+    """Log-probs away from the reference (log-ratios of a few nats), distinct rewards, lengths ≠ 1: a point
+    where every hyperparameter of every atlas loss changes the value."""
+    g = torch.Generator().manual_seed(seed)
+    lp = -torch.rand(B, K, generator=g, dtype=torch.float64) * 12 - 0.5
+    ref = lp + torch.randn(B, K, generator=g, dtype=torch.float64) * 3
+    R = torch.stack([torch.randperm(K, generator=g) for _ in range(B)]).to(torch.float64) / K
+    n = torch.randint(2, 9, (B, K), generator=g).to(torch.float64)
+    return lp, ref, R, n
+
+
+def test_atlas_defaults_are_the_documented_values():
+    assert {n: dict(LOSSES[n].defaults) for n in ATLAS} == ATLAS_DEFAULTS
+
+
+@pytest.mark.parametrize("name", ATLAS)
+def test_atlas_defaults_act_at_call_time(name):
+    """A call with no hyperparameters equals the call with the documented defaults spelled out, and moving any
+    one numeric default by ×1.5 changes the value at this point (so the equality is not vacuous: a function
+    whose own default differed from the documented one would fail it)."""
+    lp, ref, R, n = _off_reference_batch()
+    implicit = LOSSES[name](lp, ref, R, lengths=n)
+    documented = ATLAS_DEFAULTS[name]
+    torch.testing.assert_close(implicit, LOSSES[name](lp, ref, R, lengths=n, **documented), rtol=0, atol=0)
+    for hp, value in documented.items():
+        if isinstance(value, float):
+            # EXO's α is a temperature on rewards (labels softmax(R/α)): with reward gaps of 0.25 the labels are
+            # one-hot to e^-2500 at α = 1e-4 and 1.5e-4 alike, so α is probed at rewards on α's own scale.
+            R_hp = R * value if (name, hp) == ("exo", "alpha") else R
+            at_default = LOSSES[name](lp, ref, R_hp, lengths=n)
+            moved = LOSSES[name](lp, ref, R_hp, lengths=n, **{**documented, hp: value * 1.5})
+            assert not torch.allclose(moved, at_default, rtol=1e-9, atol=0), (name, hp)
+
+
+@pytest.mark.parametrize("name", ATLAS)
+def test_atlas_data_errors_name_the_loss(name):
+    """Each atlas loss validates by default and its data errors start with the loss's name: too few valid
+    responses, a NaN reward, a zero length (checked even where the loss ignores lengths: the contract is the
+    same for every loss), and a missing reference where one is needed."""
+    fn = LOSSES[name]
+    lp = torch.tensor([[-1.0, -2.0, -3.0]], dtype=torch.float64)
+    R = torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"^{name}: row 0 has"):
+        fn(lp, lp.clone(), R, mask=torch.tensor([[True, False, False]]))
+    with pytest.raises(ValueError, match=f"^{name}: rewards\\[0, 1\\] is nan"):
+        fn(lp, lp.clone(), torch.tensor([[1.0, math.nan, 2.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match=f"^{name}: lengths\\[0, 2\\] = 0"):
+        fn(lp, lp.clone(), R, lengths=torch.tensor([[3.0, 2.0, 0.0]], dtype=torch.float64))
+    if fn.needs_ref:
+        with pytest.raises(ValueError, match=f"^{name} needs ref_logps"):
+            fn(lp, None, R)
+    else:  # reference-free: the reference is ignored, whatever it holds
+        assert float(fn(lp, None, R)) == float(fn(lp, torch.full_like(lp, math.nan), R))
+    # validate=False is the caller's promise that the data are clean: the same clean call gives the same value
+    assert float(fn(lp, lp - 0.5, R, validate=False)) == float(fn(lp, lp - 0.5, R))
+
+
+@pytest.mark.parametrize("name", ATLAS)
+def test_atlas_bad_hyperparameters_are_refused_by_name(name):
+    """Every numeric hyperparameter refuses a bool, a string, NaN, inf, None and a negative number with a
+    ValueError whose message starts with its name; a pairwise loss refuses an unknown ``pairs`` mode."""
+    lp = torch.tensor([[-1.0, -2.0]], dtype=torch.float64)
+    R = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    for hp, value in ATLAS_DEFAULTS[name].items():
+        if isinstance(value, float):
+            for bad in (True, "0.5", math.nan, math.inf, None, -1.0):
+                with pytest.raises(ValueError, match=f"^{hp} must"):
+                    LOSSES[name](lp, lp.clone(), R, **{hp: bad})
+    if LOSSES[name].pairwise:
+        with pytest.raises(ValueError, match="^pairs must be one of"):
+            LOSSES[name](lp, lp.clone(), R, pairs="every")
+
+
+@pytest.mark.parametrize("name", [n for n in ATLAS if LOSSES[n].pairwise])
+@pytest.mark.parametrize("pairs", ["best_worst", "best_rest", "all"])
+def test_atlas_pair_modes_average_the_two_response_loss(name, pairs):
+    """An independent computation of the pair modes: the value on K = 4 distinct rewards is the mean, over the
+    pairs the mode selects (enumerated here), of the same loss called on that pair alone (K = 2); for ORPO,
+    whose SFT term is per prompt, with that term counted once."""
+    lp, ref, R, n = _off_reference_batch(seed=5, B=2)
+    got = LOSSES[name](lp, ref, R, lengths=n, pairs=pairs)
+    for b in range(R.shape[0]):
+        r = R[b].tolist()
+        best, worst = r.index(max(r)), r.index(min(r))
+        chosen = {
+            "best_worst": [(best, worst)],
+            "best_rest": [(best, j) for j in range(4) if j != best],
+            "all": [(i, j) for i in range(4) for j in range(4) if r[i] > r[j]],
+        }[pairs]
+        two = [float(LOSSES[name](lp[b : b + 1, [i, j]], ref[b : b + 1, [i, j]], R[b : b + 1, [i, j]],
+                                  lengths=n[b : b + 1, [i, j]])) for i, j in chosen]
+        expected = sum(two) / len(two)
+        if name == "orpo":
+            # ORPO's SFT term −s_best is paid once per prompt, not once per pair: each K = 2 call paid −s_w of
+            # its own winner, so swap the pairs' mean SFT term for the prompt's (s = logps / lengths).
+            s = (lp[b] / n[b]).tolist()
+            expected += sum(s[i] for i, _ in chosen) / len(chosen) - s[best]
+        assert float(got[b]) == pytest.approx(expected, rel=1e-13), (name, pairs, b)
