@@ -275,3 +275,44 @@ def test_each_prompt_is_computed_alone(name):
     for b in range(B):
         one = LOSSES[name](lp[b : b + 1], ref[b : b + 1], R[b : b + 1], mask=mask[b : b + 1], lengths=ln[b : b + 1], **hp)
         assert float(batch[b]) == pytest.approx(float(one[0]), rel=1e-14, abs=1e-14), (name, b)
+
+
+# ------------------------------------------------------------------ defaults of the functions themselves
+
+# The registry's ``LossSpec.__call__`` passes ``validate`` explicitly, so only a direct call of the function
+# shows the function's own ``validate`` default; the hyperparameter defaults are checked through both.
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_DEFAULTS))
+def test_loss_functions_validate_by_default(name):
+    """Called directly with no ``validate`` argument, every loss function checks its data: a NaN reward is
+    refused with the loss's name (unchecked, it would flow into the value or be silently dropped)."""
+    lp = torch.tensor([[-1.0, -2.0, -3.0]], dtype=torch.float64)
+    R = torch.tensor([[1.0, math.nan, 2.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"^{name}: rewards\\[0, 1\\] is nan"):
+        LOSSES[name].fn(lp, lp.clone(), R)
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_DEFAULTS))
+def test_every_default_acts_at_call_time(name):
+    """At a point away from the reference (log-ratios of a few nats, reward gaps 1.75 to 5.25, lengths 2-8),
+    the function called with no hyperparameters equals the call with the README's defaults spelled out, and
+    moving any one numeric default changes the value (so the equality is not vacuous). The moves: ×1.5;
+    ``sft_gate`` 0 → 10 (above every reward, so the SFT term switches off); the label temperature α of
+    infonca/nca (softmax(R/α)) is probed at rewards on α's own scale (R·α), where labels are not one-hot."""
+    g = torch.Generator().manual_seed(8)
+    B, K = 3, 4
+    lp = -torch.rand(B, K, generator=g, dtype=torch.float64) * 12 - 0.5
+    ref = lp + torch.randn(B, K, generator=g, dtype=torch.float64) * 3
+    R = torch.stack([torch.randperm(K, generator=g) for _ in range(B)]).to(torch.float64) * 1.75
+    n = torch.randint(2, 9, (B, K), generator=g).to(torch.float64)
+    fn = LOSSES[name].fn
+    documented = {k: v for k, v in DOCUMENTED_DEFAULTS[name].items() if k != "label_weights"}
+    torch.testing.assert_close(fn(lp, ref, R, lengths=n), fn(lp, ref, R, lengths=n, **documented), rtol=0, atol=0)
+    for hp, value in documented.items():
+        if not isinstance(value, float):
+            continue
+        R_hp = R * value if hp == "alpha" and name in ("infonca", "nca") else R
+        moved = {**documented, hp: value * 1.5 if value else 10.0}
+        assert not torch.allclose(fn(lp, ref, R_hp, lengths=n, **moved), fn(lp, ref, R_hp, lengths=n),
+                                  rtol=1e-9, atol=0), (name, hp)

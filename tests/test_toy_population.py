@@ -269,3 +269,61 @@ def test_random_instance_properties():
 def test_random_instance_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         random_instance(0, **kwargs)
+
+
+def test_random_instance_mu_is_the_shifted_dirichlet():
+    """μ = min_mu + (1 − Y·min_mu)·D with D ~ Dirichlet(c·1): each coordinate of D = (μ − min_mu)/(1 − Y·min_mu)
+    is Beta(c, (Y − 1)·c) (the Dirichlet's marginal, computed by scipy, independent of the generator). A
+    Kolmogorov–Smirnov test on 3000 draws per case; with a fixed seed the p-value is a fixed number, and
+    p > 1e-3 is asserted (a wrong scale or shift, e.g. μ ∈ [0.154, 0.846] instead of [0.4, 0.6] at Y = 2,
+    min_mu = 0.4, gives p ≈ 0). The support bounds are asserted exactly too."""
+    from scipy import stats
+
+    for Y, min_mu, c in ((2, 0.4, 1.0), (4, 0.05, 0.5), (5, 1e-3, 2.0)):
+        mu, _ = random_instance(np.random.default_rng(Y), Y, X=3000, min_mu=min_mu, concentration=c)
+        np.testing.assert_allclose(mu.sum(axis=1), 1.0, rtol=0, atol=1e-15)
+        assert mu.min() >= min_mu - 1e-15 and mu.max() <= 1 - (Y - 1) * min_mu + 1e-15
+        D = (mu - min_mu) / (1 - Y * min_mu)
+        for y in range(Y):
+            p = stats.kstest(D[:, y], stats.beta(c, (Y - 1) * c).cdf).pvalue
+            assert p > 1e-3, (Y, min_mu, c, y, p)
+
+
+def test_random_instance_rewards_are_uniform_given_the_gaps():
+    """r is uniform on [r_low, r_high]^Y conditioned on every pairwise gap ≥ g. Then, sorted, r_(i) − r_low −
+    i·g (i = 0..Y−1) are the order statistics of Y uniforms on [0, L − (Y−1)·g], L = r_high − r_low, so the
+    i-th is (L − (Y−1)·g)·Beta(i + 1, Y − i); and by symmetry each position holds the largest reward with
+    probability 1/Y. KS tests (p > 1e-3, fixed seed) and a chi-square test on the argmax counts."""
+    from scipy import stats
+
+    for Y, lo, hi, g in ((2, 0.0, 3.0, 1.0), (4, -3.0, 3.0, 0.5), (3, -1.0, 5.0, 0.0)):
+        _, r = random_instance(np.random.default_rng(10 + Y), Y, X=3000, r_low=lo, r_high=hi, min_gap=g)
+        assert r.min() >= lo and r.max() <= hi
+        slack = (hi - lo) - (Y - 1) * g
+        u = np.sort(r, axis=1) - lo - g * np.arange(Y)
+        for i in range(Y):
+            p = stats.kstest(u[:, i] / slack, stats.beta(i + 1, Y - i).cdf).pvalue
+            assert p > 1e-3, (Y, g, i, p)
+        counts = np.bincount(r.argmax(axis=1), minlength=Y)
+        assert stats.chisquare(counts).pvalue > 1e-3, counts
+
+
+def test_random_instance_boundaries():
+    """The admissible region's edges: Y = 1 and X = 1 are valid; min_mu must be > 0 and Y·min_mu < 1 (the
+    message names the interval (0, 1/Y)); r_low = r_high is refused; a gap that fits exactly, (Y−1)·g = L, is
+    valid and leaves one configuration (r a permutation of r_low + i·g); concentration 0 is refused."""
+    mu, r = random_instance(0, 1)
+    assert mu.tolist() == [1.0] and -3 <= r[0] <= 3
+    mu, r = random_instance(0, 3, X=1)
+    assert mu.shape == r.shape == (1, 3)
+    mu, r = random_instance(0, 3, r_low=0.0, r_high=2.0, min_gap=1.0)
+    np.testing.assert_allclose(np.sort(r), [0.0, 1.0, 2.0], rtol=0, atol=1e-15)
+    for kwargs, match in (
+        (dict(Y=4, min_mu=0.0), r"^min_mu must lie in \(0, 1/Y\) = \(0, 0\.25\), got 0\.0$"),
+        (dict(Y=4, min_mu=0.25), r"^min_mu must lie in \(0, 1/Y\) = \(0, 0\.25\), got 0\.25$"),
+        (dict(Y=3, r_low=1.0, r_high=1.0), r"^need r_low < r_high"),
+        (dict(Y=3, r_low=0.0, r_high=2.0, min_gap=1.0 + 1e-9), r"^min_gap = "),
+        (dict(Y=3, concentration=0.0), r"^concentration must be > 0, got 0\.0$"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            random_instance(0, **kwargs)
