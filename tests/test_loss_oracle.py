@@ -316,3 +316,21 @@ def test_every_default_acts_at_call_time(name):
         moved = {**documented, hp: value * 1.5 if value else 10.0}
         assert not torch.allclose(fn(lp, ref, R_hp, lengths=n, **moved), fn(lp, ref, R_hp, lengths=n),
                                   rtol=1e-9, atol=0), (name, hp)
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_DEFAULTS))
+def test_ties_at_large_K_keep_index_order(name):
+    """The tie rule at K = 24 (rewards from {0, 1, 2}, so most responses tie, two masked): every loss equals
+    the oracle. The listwise losses (PRO, CLHA) rank a tie by index; torch's sort is stable by construction
+    only when asked (from K = 17 on, an unstable CPU sort reorders ties), so this is where the rule can fail."""
+    rng = np.random.default_rng(24)
+    K = 24
+    R = rng.integers(0, 3, K).astype(float).tolist()
+    lp = (-rng.uniform(0.5, 8.0, K)).tolist()
+    ref = (np.array(lp) + rng.normal(0, 1, K)).tolist()
+    lengths = rng.integers(1, 9, K).astype(float).tolist()
+    mask = [k not in (3, 17) for k in range(K)]
+    hp = {"pairs": "all"} if name in PAIRWISE else {}
+    expect = reference_loss(name, lp, ref, R, mask, lengths, **{**DOCUMENTED_DEFAULTS[name], **hp})
+    got, _ = _run(name, lp, ref, R, mask, lengths, hp)
+    assert got == pytest.approx(expect, rel=RTOL, abs=ATOL), (name, got, expect)

@@ -14,6 +14,7 @@ import math
 from collections import defaultdict
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -417,6 +418,9 @@ def test_atlas_data_errors_name_the_loss(name):
             fn(lp, None, R)
     else:  # reference-free: the reference is ignored, whatever it holds
         assert float(fn(lp, None, R)) == float(fn(lp, torch.full_like(lp, math.nan), R))
+    # the function itself validates by default too (the registry passes ``validate`` explicitly)
+    with pytest.raises(ValueError, match=f"^{name}: rewards\\[0, 1\\] is nan"):
+        fn.fn(lp, lp.clone(), torch.tensor([[1.0, math.nan, 2.0]], dtype=torch.float64))
     # validate=False is the caller's promise that the data are clean: the same clean call gives the same value
     assert float(fn(lp, lp - 0.5, R, validate=False)) == float(fn(lp, lp - 0.5, R))
 
@@ -462,3 +466,21 @@ def test_atlas_pair_modes_average_the_two_response_loss(name, pairs):
             s = (lp[b] / n[b]).tolist()
             expected += sum(s[i] for i, _ in chosen) / len(chosen) - s[best]
         assert float(got[b]) == pytest.approx(expected, rel=1e-13), (name, pairs, b)
+
+
+def test_plackett_luce_ties_at_large_K_keep_index_order():
+    """Plackett–Luce at K = 24 with rewards from {0, 1, 2} (most responses tie; two masked) against a
+    plain-Python sum over the ranking that orders ties by index, as the docstring states. From K = 17 on,
+    torch's CPU sort reorders ties unless asked to be stable, so this is where the rule can fail."""
+    rng = np.random.default_rng(17)
+    K, beta = 24, 0.1
+    R = rng.integers(0, 3, K).astype(float)
+    lp = -rng.uniform(0.5, 8.0, K)
+    ref = lp + rng.normal(0, 1, K)
+    mask = np.array([k not in (3, 17) for k in range(K)])
+    ranking = sorted((k for k in range(K) if mask[k]), key=lambda k: (-R[k], k))
+    r = [beta * (lp[k] - ref[k]) for k in ranking]
+    expect = -sum(r[i] - math.log(sum(math.exp(x) for x in r[i:])) for i in range(len(r) - 1))
+    t = lambda a: torch.tensor(a[None], dtype=torch.float64)  # noqa: E731
+    got = float(LOSSES["plackett_luce"](t(lp), t(ref), t(R), mask=torch.tensor(mask[None])))
+    assert got == pytest.approx(expect, rel=1e-12)
