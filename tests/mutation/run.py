@@ -12,10 +12,10 @@
 3. copies the state back into ``tests/mutation/state/`` (commit it: the next session's slice continues from it)
    and prints the tally per status and the score = killed (incl. timeouts) / (killed + survived + no tests).
 
-``--score`` only prints the tally of the committed state. Mutant names given as arguments are re-tested even
+``--score`` only prints the tally of the committed state, and ``--survivors`` only lists its surviving mutants
+(names for ``mutmut show NAME``): neither runs anything. Mutant names given as arguments are re-tested even
 when they have a verdict (mutmut keeps a survivor's verdict until its function changes: after adding a test
-for it, name it). The surviving mutants are listed with ``--survivors``
-(names for ``mutmut show NAME``).
+for it, name it).
 """
 
 from __future__ import annotations
@@ -90,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock limit of this slice")
     parser.add_argument("--max-children", type=int, default=2)
-    parser.add_argument("--score", action="store_true", help="only print the committed state's tally")
-    parser.add_argument("--survivors", action="store_true", help="list surviving / uncovered mutants")
+    parser.add_argument("--score", action="store_true", help="only print the committed state's tally (runs nothing)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="only print the committed state's tally and its surviving / uncovered mutants (runs nothing)")
     parser.add_argument("names", nargs="*", help="re-test only these mutants (e.g. survivors after a new test)")
     args = parser.parse_args(argv)
-    if args.score:
+    if args.score or args.survivors:
         report(STATE, args.survivors)
         return 0
     if args.minutes <= 0 or args.max_children < 1:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.kill()
             proc.wait()
     print(f"mutmut ran {time.monotonic() - t0:.0f} s (exit {proc.returncode}); saved {save()} state files to {STATE}")
-    report(STATE, args.survivors)
+    report(STATE, False)
     return 0
 
 
