@@ -161,3 +161,80 @@ def test_time_budget_stops_between_units_and_the_report_lists_the_rest(tmp_path)
     result = run_study(**kw, time_budget_s=1e-3)
     assert result["stopped"] == "base: time budget" and result["mus"] == {}
     assert "mu0" in result["pending"] and (tmp_path / "res" / "study_tiny_v2.md").is_file()
+
+
+def test_merge_states_keeps_the_more_advanced_copy():
+    """Two processes' views of one state: each run, selection and logged unit survives the merge, and of two
+    copies of the same run the one with more evaluations wins, whichever side holds it."""
+    from nca_lab.llm.study.shared_state import merge_states
+
+    def run(rid, evals, test=None):
+        return {"run_id": rid, "validation": None, "test": test, "checkpoint_evals": {str(s): {} for s in evals}}
+
+    disk = {"runs": [run("a", [1, 2]), run("b", [])], "selection": {"nca_k4": {"complete": True, "x": 1}},
+            "unit_log": [{"kind": "k", "name": "a@1", "finished_at": "2026-01-01T00:00:01"}],
+            "commands": ["c0", "c1"], "timings": {"sweep_wall_s": 50.0}, "samples": {"s1": 1}, "mus": {"0": 1}}
+    mine = {"runs": [run("a", [1]), run("b", [1, 2], test={"x": 1}), run("c", [])],
+            "selection": {"nca_k4": {"complete": False}, "dpo_k4": {"complete": True}},
+            "unit_log": [{"kind": "k", "name": "b@2", "finished_at": "2026-01-01T00:00:00"}],
+            "commands": ["c0", "c1", "c1"], "timings": {"sweep_wall_s": 20.0, "seeds_wall_s": 5.0}, "samples": {"s2": 2},
+            "mus": {"0": 1}, "stopped": None}
+    m = merge_states(disk, mine)
+    by_id = {r["run_id"]: r for r in m["runs"]}
+    assert sorted(by_id) == ["a", "b", "c"]
+    assert list(by_id["a"]["checkpoint_evals"]) == ["1", "2"]  # the file's copy was further along
+    assert by_id["b"]["test"] == {"x": 1}  # this process's copy was further along
+    assert m["selection"] == {"nca_k4": {"complete": True, "x": 1}, "dpo_k4": {"complete": True}}
+    assert [u["name"] for u in m["unit_log"]] == ["b@2", "a@1"]  # in order of finishing
+    assert m["commands"] == ["c0", "c1", "c1"] and m["samples"] == {"s1": 1, "s2": 2}
+    assert merge_states({"commands": ["c0", "a"]}, {"commands": ["c0", "b"]})["commands"] == ["c0", "a", "b"]
+    assert m["timings"] == {"sweep_wall_s": 50.0, "seeds_wall_s": 5.0} and m["stopped"] is None
+
+
+def test_two_processes_on_disjoint_methods_give_the_sequential_study(tiny_v2, tmp_path):
+    """The shared stages once, then one process per method (``--methods nca`` and ``--methods dpo``) at the same
+    time on the same --out: every unit is done exactly once, and every run's numbers equal those of the
+    single-process study of the fixture (same seeds: CPU training with one thread is deterministic)."""
+    import os
+    import subprocess
+    import sys
+
+    kw = dict(config=str(recipe_path("tiny_v2")), out=str(tmp_path / "work"), results_dir=str(tmp_path / "res"),
+              figures_dir=str(tmp_path / "fig"), progress=False)
+    run_study(**kw, stages=["task", "base", "sample"])
+    base = [sys.executable, "-m", "nca_lab.llm.study", "--config", kw["config"], "--out", kw["out"], "--resume",
+            "--stages", "sweep", "seeds", "--no-progress", "--methods"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(base + [m], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for m in ("nca", "dpo")]
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-2000:]
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    names = [u["name"] for u in state["unit_log"]]
+    assert len(names) == len(set(names)), Counter(names).most_common(3)
+    sequential = {r["run_id"]: r for r in tiny_v2[-1]["runs"]} if "runs" in tiny_v2[-1] else None
+    if sequential is None:  # the report's result does not carry the runs: read the fixture's state
+        sequential = {r["run_id"]: r for r in json.loads((tiny_v2[0] / "work" / "state.json").read_text())["runs"]}
+    parallel = {r["run_id"]: r for r in state["runs"]}
+    assert sorted(parallel) == sorted(sequential)
+    for rid, r in parallel.items():
+        assert (r["accuracy"], r["reward"], r["kl"]) == (sequential[rid]["accuracy"], sequential[rid]["reward"],
+                                                         sequential[rid]["kl"]), rid
+    assert state["selection"] == json.loads((tiny_v2[0] / "work" / "state.json").read_text())["selection"]
+
+
+def test_methods_option_refuses_what_it_cannot_do(tmp_path, capsys):
+    from nca_lab.llm.study.pipeline import main
+
+    cfg = str(recipe_path("tiny_v2"))
+    assert main(["--config", cfg, "--out", str(tmp_path / "w"), "--methods", "ipo"]) == 2
+    assert capsys.readouterr().err.strip() == "error: methods: ipo is not a method of the recipe; its methods: nca, dpo"
+    assert main(["--config", cfg, "--out", str(tmp_path / "w"), "--methods", "nca"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: methods: a process for some methods runs only the sweep, seeds and report stages")
+    assert main(["--config", cfg, "--out", str(tmp_path / "w"), "--resume", "--stages", "sweep", "--methods",
+                 "nca"]) == 2
+    assert "state.json missing" in capsys.readouterr().err
+    assert main(["--scale", "tiny", "--out", str(tmp_path / "v1"), "--methods", "nca"]) == 2
+    assert capsys.readouterr().err.strip() == "error: methods: only v2 recipes (version: 2) split their methods over processes"

@@ -53,7 +53,8 @@ def _quiet_libraries() -> None:
 def run_study(scale: str | None = None, *, config: str | None = None, out: str | None = None,
               stages: Sequence[str] = STAGES, time_budget_s: float | None = None, resume: bool = False,
               overwrite: bool = False, results_dir: str | None = None, figures_dir: str | None = None,
-              progress: bool = True, command: str | None = None, stop_after_units: int | None = None) -> dict:
+              progress: bool = True, command: str | None = None, stop_after_units: int | None = None,
+              methods: Sequence[str] | None = None) -> dict:
     """Run the study's ``stages`` (in pipeline order) for the recipe of ``scale`` (or the file ``config``).
 
     ``out`` (default ``runs/llm_study_<scale>``) holds μ, the data, the runs and ``state.json``.  The report goes
@@ -71,9 +72,11 @@ def run_study(scale: str | None = None, *, config: str | None = None, out: str |
 
         return run_study_v2(str(recipe), out=out, stages=stages, time_budget_s=time_budget_s, resume=resume,
                             overwrite=overwrite, results_dir=results_dir, figures_dir=figures_dir, progress=progress,
-                            command=command, stop_after_units=stop_after_units)
+                            command=command, stop_after_units=stop_after_units, methods=methods)
     if stop_after_units is not None:
         raise ValueError("stop_after_units: only v2 recipes (version: 2) are cut between units")
+    if methods is not None:
+        raise ValueError("methods: only v2 recipes (version: 2) split their methods over processes")
     cfg = load_study_config(config if config is not None else recipe_path(scale))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -140,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stop-after-units", type=int,
                         help="v2 recipes: stop after N finished units of work (a μ, a sample set, a run, a "
                              "checkpoint evaluation); --resume continues (default: no limit)")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="v2 recipes: train only these methods (sweep and final runs), so that one process per "
+                             "group of methods can share --out and use one core each; run the task, base and sample "
+                             "stages first without it (default: every method of the recipe)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (default: off, progress shown)")
     args = parser.parse_args(argv)
@@ -148,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_study(args.scale, config=args.config, out=args.out, stages=args.stages, time_budget_s=args.time_budget_s,
                   resume=args.resume, overwrite=args.overwrite, results_dir=args.results_dir,
                   figures_dir=args.figures_dir, progress=not args.no_progress, command=command,
-                  stop_after_units=args.stop_after_units)
+                  stop_after_units=args.stop_after_units, methods=args.methods)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

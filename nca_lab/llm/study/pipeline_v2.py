@@ -27,11 +27,15 @@ STAGES_V2 = ("task", "base", "sample", "sweep", "seeds", "report")
 def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] = STAGES_V2,
                  time_budget_s: float | None = None, resume: bool = False, overwrite: bool = False,
                  results_dir: str | None = None, figures_dir: str | None = None, progress: bool = True,
-                 command: str | None = None, stop_after_units: int | None = None) -> dict:
+                 command: str | None = None, stop_after_units: int | None = None,
+                 methods: Sequence[str] | None = None) -> dict:
     """Run ``stages`` of the v2 recipe ``config``; returns the report (when the report stage ran) or the state.
 
     ``stop_after_units`` stops after that many finished units (a deterministic cut, as a kill between two units
-    would leave it); ``resume`` continues; a fresh study refuses a non-empty ``out`` unless ``overwrite``."""
+    would leave it); ``resume`` continues; a fresh study refuses a non-empty ``out`` unless ``overwrite``.
+    ``methods``: train only these of the recipe's methods (sweep and final runs), so that several processes can
+    share one ``out`` (one per group of methods: their saves merge, see :mod:`nca_lab.llm.study.shared_state`);
+    the shared stages (task, base, sample) must be finished first, by a run without ``methods``."""
     from nca_lab.llm.study.pipeline import _quiet_libraries, prepare_out_dir
     from nca_lab.llm.study.results_v2 import write_report
     from nca_lab.llm.study.stages_v2 import STAGE_FUNCS, StopStudy, StudyV2
@@ -41,6 +45,15 @@ def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] =
     if unknown:
         raise ValueError(f"stages: unknown stage {unknown[0]!r}; stages: {', '.join(STAGES_V2)}")
     stages = [s for s in STAGES_V2 if s in stages]
+    if methods is not None:
+        bad = [m for m in methods if m not in cfg.methods]
+        if bad or not methods:
+            raise ValueError(f"methods: {bad[0] if bad else '(none)'!s} is not a method of the recipe; its methods: "
+                             f"{', '.join(cfg.methods)}")
+        shared = [s for s in stages if s in ("task", "base", "sample")]
+        if shared:
+            raise ValueError(f"methods: a process for some methods runs only the sweep, seeds and report stages; "
+                             f"run {', '.join(shared)} first without --methods (then --stages sweep seeds report)")
     out_dir = Path(out) if out is not None else REPO_ROOT / "runs" / f"llm_study_{cfg.scale}"
     r = cfg.results
     res_dir = Path(results_dir) if results_dir else (REPO_ROOT / r["dir"] if "dir" in r else out_dir)
@@ -53,9 +66,17 @@ def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] =
     prepare_out_dir(out_dir, fresh=not continuing, overwrite=overwrite)
     _quiet_libraries()
     study = StudyV2(cfg, out_dir, command=command or "python -m nca_lab.llm.study", time_budget_s=time_budget_s,
-                    stop_after_units=stop_after_units, results_dir=res_dir, figures_dir=fig_dir, progress=progress)
+                    stop_after_units=stop_after_units, methods=methods, results_dir=res_dir, figures_dir=fig_dir,
+                    progress=progress)
     if continuing and state_file.is_file():
         study.load()
+    if methods is not None and stages != ["report"]:
+        from nca_lab.llm.study.stages_v2 import sample_keys
+
+        missing = [f"mu{m}_s{s}" for m, s in sample_keys(cfg) if f"mu{m}_s{s}" not in study.state["samples"]]
+        if missing:
+            raise ValueError(f"methods: the shared stages are not finished in {str(out_dir)!r} (sample set "
+                             f"{missing[0]} missing); run --stages task base sample first without --methods")
     if stages == ["report"]:
         # report only: read the state, never write it (the study may be running in another process)
         return write_report(study)

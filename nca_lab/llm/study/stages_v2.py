@@ -31,7 +31,8 @@ from pathlib import Path
 from nca_lab.llm.study.evaluation import data_statistics, logp_change, read_rows
 from nca_lab.llm.study.recipe import METHODS, train_argv
 from nca_lab.llm.study.recipe_v2 import final_units, run_steps
-from nca_lab.llm.study.state import Study
+from nca_lab.llm.study.shared_state import locked_save
+from nca_lab.llm.study.state import Study, write_json
 from nca_lab.llm.study.stats import mean, select_best
 
 __all__ = ["StudyV2", "StopStudy", "setting_key", "run_key", "sample_keys", "STAGE_FUNCS"]
@@ -54,8 +55,11 @@ def run_key(method: str, k: int, setting: dict, mu_seed: int, seed: int) -> str:
 class StudyV2(Study):
     """State of a v2 study: μs per μ seed, sample sets, sweep, final runs with checkpoint evaluations."""
 
-    def __init__(self, cfg, out: Path, *, time_budget_s=None, stop_after_units=None, **kw):
+    def __init__(self, cfg, out: Path, *, time_budget_s=None, stop_after_units=None, methods=None, **kw):
         super().__init__(cfg, out, time_budget_s=None, **kw)
+        # the methods this process trains (sweep and final runs); other processes may train the rest on the same
+        # state (saves are merged under a lock: nca_lab.llm.study.shared_state)
+        self.methods = [m for m in cfg.methods if methods is None or m in methods]
         self.budgets = {}
         self.deadline = None if time_budget_s is None else time.monotonic() + float(time_budget_s)
         self.stop_after_units = stop_after_units
@@ -70,6 +74,11 @@ class StudyV2(Study):
         commands = saved.get("commands", [saved.get("command")]) + [self.state["command"]]
         self.state.update({k: v for k, v in saved.items() if k not in ("config", "budgets_s", "methods")})
         self.state["commands"] = commands
+
+    def save(self) -> None:
+        """Merge this process's state into ``state.json`` under a lock and adopt the merged state (other
+        processes of the same study, on other methods, may have recorded units since the last save)."""
+        self.state = locked_save(self.state_path, self.state, write_json)
 
     # -- budget
     def check_time(self, estimate: float = 0.0) -> None:
@@ -309,7 +318,7 @@ def stage_sweep(study: StudyV2) -> None:
     cfg = study.cfg
     sw = cfg.sweep
     for k in sw.get("ks", cfg.ks):
-        for method in cfg.methods:
+        for method in study.methods:
             key = f"{method}_k{k}"
             if study.state["selection"].get(key, {}).get("complete"):
                 continue
@@ -341,7 +350,7 @@ def stage_sweep(study: StudyV2) -> None:
                                              "coordinate_log": log, "metric": f"validation {sw.get('selection', 'reward')}"}
             study.save()
     for k in cfg.ks:  # K values without a sweep of their own use the first swept K's setting
-        for method in cfg.methods:
+        for method in study.methods:
             src = f"{method}_k{sw.get('ks', cfg.ks)[0]}"
             if f"{method}_k{k}" not in study.state["selection"] and study.state["selection"].get(src, {}).get("complete"):
                 study.state["selection"][f"{method}_k{k}"] = {**study.state["selection"][src], "inherited_from": src}
@@ -370,6 +379,8 @@ def stage_seeds(study: StudyV2) -> None:
     total = run_steps(cfg)
     ckpt_steps = [total // cfg.n_checkpoints * (i + 1) for i in range(cfg.n_checkpoints)]
     for method, k, mu_seed, seed in final_units(cfg):
+        if method not in study.methods:
+            continue
         sel = study.state["selection"].get(f"{method}_k{k}")
         if not (sel and sel.get("complete")) or f"mu{mu_seed}_s{seed}" not in study.state["samples"]:
             continue
