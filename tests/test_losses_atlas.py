@@ -400,32 +400,6 @@ def test_atlas_defaults_act_at_call_time(name):
 
 
 @pytest.mark.parametrize("name", ATLAS)
-def test_atlas_data_errors_name_the_loss(name):
-    """Each atlas loss validates by default and its data errors start with the loss's name: too few valid
-    responses, a NaN reward, a zero length (checked even where the loss ignores lengths: the contract is the
-    same for every loss), and a missing reference where one is needed."""
-    fn = LOSSES[name]
-    lp = torch.tensor([[-1.0, -2.0, -3.0]], dtype=torch.float64)
-    R = torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64)
-    with pytest.raises(ValueError, match=f"^{name}: row 0 has"):
-        fn(lp, lp.clone(), R, mask=torch.tensor([[True, False, False]]))
-    with pytest.raises(ValueError, match=f"^{name}: rewards\\[0, 1\\] is nan"):
-        fn(lp, lp.clone(), torch.tensor([[1.0, math.nan, 2.0]], dtype=torch.float64))
-    with pytest.raises(ValueError, match=f"^{name}: lengths\\[0, 2\\] = 0"):
-        fn(lp, lp.clone(), R, lengths=torch.tensor([[3.0, 2.0, 0.0]], dtype=torch.float64))
-    if fn.needs_ref:
-        with pytest.raises(ValueError, match=f"^{name} needs ref_logps"):
-            fn(lp, None, R)
-    else:  # reference-free: the reference is ignored, whatever it holds
-        assert float(fn(lp, None, R)) == float(fn(lp, torch.full_like(lp, math.nan), R))
-    # the function itself validates by default too (the registry passes ``validate`` explicitly)
-    with pytest.raises(ValueError, match=f"^{name}: rewards\\[0, 1\\] is nan"):
-        fn.fn(lp, lp.clone(), torch.tensor([[1.0, math.nan, 2.0]], dtype=torch.float64))
-    # validate=False is the caller's promise that the data are clean: the same clean call gives the same value
-    assert float(fn(lp, lp - 0.5, R, validate=False)) == float(fn(lp, lp - 0.5, R))
-
-
-@pytest.mark.parametrize("name", ATLAS)
 def test_atlas_bad_hyperparameters_are_refused_by_name(name):
     """Every numeric hyperparameter refuses a bool, a string, NaN, inf, None and a negative number with a
     ValueError whose message starts with its name; a pairwise loss refuses an unknown ``pairs`` mode."""
