@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -104,8 +105,9 @@ class Experiment:
         self.state["stages"][stage] = {"seconds": round(seconds, 1), **extra}
         self.save()
 
-    @property
+    @functools.cached_property
     def model_dir(self) -> str:
+        """The model's folder (a registry name is resolved once: resolving checks the converted folder)."""
         from nca_lab.llm.packaged import resolve_model
 
         return resolve_model(self.cfg.model)
