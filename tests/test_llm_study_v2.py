@@ -99,6 +99,16 @@ def test_report_files_and_matched_kl_fields(tiny_v2):
         assert (out / "figures" / f"llm_tiny_v2_{name}.png").is_file()
     path = next(p for p in on_disk["paths"] if p["method"] == "nca" and p["k"] == 4 and p["mu_seed"] == 0)
     assert path["step"][0] == 0 and path["kl"][0] == 0.0 and len(path["step"]) == 3
+    # every sweep run is listed (tuning runs: exploratory), with its end-of-training log-ratios from its trajectory
+    state = json.loads((out / "work" / "state.json").read_text())
+    sweeps = {r["run_id"]: r for r in state["runs"] if r["stage"] == "sweep"}
+    assert sorted(r["run_id"] for r in on_disk["sweep_runs"]) == sorted(sweeps)
+    for row in on_disk["sweep_runs"]:
+        best = [x for x in sweeps[row["run_id"]]["trajectory"]["logratio/best"][-4:] if x is not None]
+        assert row["train_logratio_best_end"] == pytest.approx(sum(best) / len(best)) if best else \
+            row["train_logratio_best_end"] is None
+        assert row["reward"] == sweeps[row["run_id"]]["validation"]["reward"]
+    assert md.count("| nca | 4 | lr ") + md.count("| dpo | 4 | lr ") == len(sweeps)
 
 
 def test_interpolate_path_in_kl():

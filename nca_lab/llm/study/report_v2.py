@@ -167,9 +167,32 @@ def build_report(state: dict, cfg) -> dict:
     out["matched_kl"] = _matched_kl(state, groups, cfg)
     out["diverged"] = [{"run_id": r["run_id"], "stage": r["stage"], "message": r["diverged"]}
                        for r in state.get("runs", []) if r.get("diverged")]
+    out["sweep_runs"] = sweep_runs(state)
     out["pending"] = pending_units(state, cfg)
     out["timing"] = timing(state, out["pending"])
     return out
+
+
+def _tail_mean(xs: list | None, n: int = 4) -> float | None:
+    xs = [x for x in (xs or [])[-n:] if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def sweep_runs(state: dict) -> list[dict]:
+    """Every recorded sweep run (tuning runs: validation split, sweep seed) with its validation accuracy, reward
+    and KL(π‖μ), and the log-ratios log π/μ of the best and worst training response at the end of training (mean
+    over the last 4 logged steps of the training batches): where a method lowers the chosen response's
+    likelihood shows here first. Exploratory only: no sweep run is a final result."""
+    rows = []
+    for r in state.get("runs", []):
+        if r.get("stage") != "sweep":
+            continue
+        v, t = r.get("validation") or {}, r.get("trajectory") or {}
+        rows.append({"run_id": r["run_id"], "method": r["method"], "k": r["k"], "setting": r["setting"],
+                     "diverged": bool(r.get("diverged")), "accuracy": v.get("accuracy"), "reward": v.get("reward"),
+                     "kl": v.get("kl"), "train_logratio_best_end": _tail_mean(t.get("logratio/best")),
+                     "train_logratio_worst_end": _tail_mean(t.get("logratio/worst"))})
+    return sorted(rows, key=lambda x: (x["method"], x["k"], *(x["setting"].get(p, 0.0) for p in ("lr", "beta", "alpha"))))
 
 
 def _matched_kl(state: dict, groups: dict, cfg) -> list[dict]:

@@ -43,6 +43,9 @@ def _figures(rep: dict, cfg, fig_dir: Path, prefix: str) -> list[str]:
     files = []
     mu0 = cfg.mu_seeds[0]
     paths = [p for p in rep["paths"] if p["mu_seed"] == mu0]
+    rows = [r for r in rep["matched_kl"] if "method" in r and r["mu_seed"] == mu0]
+    if not paths:  # no final run has an evaluated checkpoint yet: nothing to draw (an empty figure says nothing)
+        return files
     fig, axes = plt.subplots(len(cfg.ks), 2, figsize=(11, 4 * len(cfg.ks)), squeeze=False)
     for i, k in enumerate(cfg.ks):
         for j, metric in enumerate(("accuracy", "reward")):
@@ -70,7 +73,8 @@ def _figures(rep: dict, cfg, fig_dir: Path, prefix: str) -> list[str]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     files += _save(fig, paths, fig_dir / f"{prefix}_logp_best")
-    rows = [r for r in rep["matched_kl"] if "method" in r and r["mu_seed"] == mu0]
+    if not rows:
+        return files
     fig, axes = plt.subplots(len(cfg.ks), 2, figsize=(11, 4 * len(cfg.ks)), squeeze=False)
     for i, k in enumerate(cfg.ks):
         for j, metric in enumerate(("accuracy", "reward")):
@@ -99,7 +103,9 @@ def markdown_v2(res: dict) -> str:
          f"{res.get('task', {}).get('max_operand')}); splits disjoint: {res.get('task', {}).get('disjoint')}; test "
          f"prompts {res['config']['eval'].get('n_test')}, validation {res['config']['eval'].get('n_validation')}, "
          f"train {res['config']['data'].get('n_prompts')}; every run {res['steps_per_run']} steps "
-         f"({res['config']['align'].get('epochs')} epochs), {res['config']['n_checkpoints']} evaluated checkpoints.", ""]
+         f"({res['config']['align'].get('epochs')} epochs), {res['config']['n_checkpoints']} evaluated checkpoints.", "",
+         "Figures: " + (", ".join(f"`{f}`" for f in res.get("figures", []) if f.endswith(".png"))
+                        or "none yet (they plot final runs, and no final run has an evaluated checkpoint)"), ""]
     L += ["## μ", "", "| μ seed | parameters | steps | s/step | test accuracy | test reward | reward std | "
           "val. prompts with spread | learnable, not solved |", "|---|---|---|---|---|---|---|---|---|"]
     for s, m in sorted(res.get("mus", {}).items()):
@@ -120,6 +126,15 @@ def markdown_v2(res: dict) -> str:
                           for e in sel.get("coordinate_log", []))
         L.append(f"- {key}: {sel['setting']}" + (f" (inherited from {sel['inherited_from']})"
                                                   if sel.get("inherited_from") else f" — {tried}"))
+    L += ["", "### Sweep runs so far (tuning runs on validation, sweep seed; exploratory, never a final result)", "",
+          "log π/μ of the best and worst training response: mean of the last 4 logged training batches.", "",
+          "| method | K | setting | val. accuracy | val. reward | KL(π‖μ) | log π/μ (best) | log π/μ (worst) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in res.get("sweep_runs", []):
+        setting = ", ".join(f"{k} {v:g}" for k, v in r["setting"].items() if isinstance(v, (int, float)))
+        L.append(f"| {r['method']} | {r['k']} | {setting} | " + ("diverged | | | | |" if r["diverged"] else
+                 f"{_n(r['accuracy'])} | {_n(r['reward'])} | {_n(r['kl'], 2)} | "
+                 f"{_n(r['train_logratio_best_end'], 2)} | {_n(r['train_logratio_worst_end'], 2)} |"))
     L += ["", "## Final runs: test split, mean ± std over seeds", "",
           "| method | K | μ | seeds | accuracy | reward | KL(π‖μ) | Δ log π(best) | Δ log π(worst) |",
           "|---|---|---|---|---|---|---|---|---|"]
