@@ -201,37 +201,40 @@ def test_merge_states_keeps_the_more_advanced_copy():
     assert m["timings"] == {"sweep_wall_s": 50.0, "seeds_wall_s": 5.0} and m["stopped"] is None
 
 
-def test_two_processes_on_disjoint_methods_give_the_sequential_study(tiny_v2, tmp_path):
-    """The shared stages once, then one process per method (``--methods nca`` and ``--methods dpo``) at the same
-    time on the same --out: every unit is done exactly once, and every run's numbers equal those of the
-    single-process study of the fixture (same seeds: CPU training with one thread is deterministic)."""
-    import os
-    import subprocess
-    import sys
+def test_two_workers_give_the_sequential_study(tiny_v2, tmp_path, capsys):
+    """``--workers 2``: the shared stages in-process, then one child process per method group (``nca`` | ``dpo``)
+    at the same time on the same --out, then the report: every unit is done exactly once, and every run's numbers
+    and every selection equal those of the single-process study of the fixture (same seeds: CPU training with
+    one thread is deterministic)."""
+    from nca_lab.llm.study.pipeline import main
 
-    kw = dict(config=str(recipe_path("tiny_v2")), out=str(tmp_path / "work"), results_dir=str(tmp_path / "res"),
-              figures_dir=str(tmp_path / "fig"), progress=False)
-    run_study(**kw, stages=["task", "base", "sample"])
-    base = [sys.executable, "-m", "nca_lab.llm.study", "--config", kw["config"], "--out", kw["out"], "--resume",
-            "--stages", "sweep", "seeds", "--no-progress", "--methods"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(base + [m], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for m in ("nca", "dpo")]
-    for p in procs:
-        out, _ = p.communicate(timeout=900)
-        assert p.returncode == 0, out[-2000:]
-    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    work = tmp_path / "work"
+    assert main(["--config", str(recipe_path("tiny_v2")), "--out", str(work), "--workers", "2", "--results-dir",
+                 str(tmp_path / "res"), "--figures-dir", str(tmp_path / "fig")]) == 0
+    assert "2 workers: nca | dpo" in capsys.readouterr().out
+    state = json.loads((work / "state.json").read_text())
     names = [u["name"] for u in state["unit_log"]]
     assert len(names) == len(set(names)), Counter(names).most_common(3)
-    sequential = {r["run_id"]: r for r in tiny_v2[-1]["runs"]} if "runs" in tiny_v2[-1] else None
-    if sequential is None:  # the report's result does not carry the runs: read the fixture's state
-        sequential = {r["run_id"]: r for r in json.loads((tiny_v2[0] / "work" / "state.json").read_text())["runs"]}
+    sequential_state = json.loads((tiny_v2[0] / "work" / "state.json").read_text())
+    sequential = {r["run_id"]: r for r in sequential_state["runs"]}
     parallel = {r["run_id"]: r for r in state["runs"]}
     assert sorted(parallel) == sorted(sequential)
     for rid, r in parallel.items():
         assert (r["accuracy"], r["reward"], r["kl"]) == (sequential[rid]["accuracy"], sequential[rid]["reward"],
                                                          sequential[rid]["kl"]), rid
-    assert state["selection"] == json.loads((tiny_v2[0] / "work" / "state.json").read_text())["selection"]
+    assert state["selection"] == sequential_state["selection"]
+    report = json.loads((tmp_path / "res" / "study_tiny_v2.json").read_text())
+    assert report["pending"] == [] and {w for c in state["commands"] for w in c.split() if w in ("nca", "dpo")} == \
+        {"nca", "dpo"}  # each worker recorded its own command line
+
+
+def test_method_groups_balance_the_final_runs():
+    from nca_lab.llm.study.workers import method_groups
+
+    cfg = load_v2_config(recipe_path("cpu_v2"))  # nca and dpo (headline) have 20 final runs each, the others 10
+    assert method_groups(cfg, 2) == [["nca", "infonca", "nca_pair"], ["dpo", "dpo_all"]]
+    assert method_groups(cfg, 1) == [cfg.methods]
+    assert sorted(m for g in method_groups(cfg, 8) for m in g) == sorted(cfg.methods)  # at most one per method
 
 
 def test_methods_option_refuses_what_it_cannot_do(tmp_path, capsys):
@@ -248,3 +251,9 @@ def test_methods_option_refuses_what_it_cannot_do(tmp_path, capsys):
     assert "state.json missing" in capsys.readouterr().err
     assert main(["--scale", "tiny", "--out", str(tmp_path / "v1"), "--methods", "nca"]) == 2
     assert capsys.readouterr().err.strip() == "error: methods: only v2 recipes (version: 2) split their methods over processes"
+    assert main(["--scale", "tiny", "--out", str(tmp_path / "v1"), "--workers", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "error: workers: only v2 recipes (version: 2) split their methods over processes"
+    assert main(["--config", cfg, "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: workers: expected an integer >= 1, got 0"
+    assert main(["--config", cfg, "--out", str(tmp_path / "w"), "--workers", "2", "--methods", "nca"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: workers: splits every method over processes itself")

@@ -54,7 +54,7 @@ def run_study(scale: str | None = None, *, config: str | None = None, out: str |
               stages: Sequence[str] = STAGES, time_budget_s: float | None = None, resume: bool = False,
               overwrite: bool = False, results_dir: str | None = None, figures_dir: str | None = None,
               progress: bool = True, command: str | None = None, stop_after_units: int | None = None,
-              methods: Sequence[str] | None = None) -> dict:
+              methods: Sequence[str] | None = None, workers: int = 1) -> dict:
     """Run the study's ``stages`` (in pipeline order) for the recipe of ``scale`` (or the file ``config``).
 
     ``out`` (default ``runs/llm_study_<scale>``) holds μ, the data, the runs and ``state.json``.  The report goes
@@ -67,16 +67,31 @@ def run_study(scale: str | None = None, *, config: str | None = None, out: str |
     from nca_lab.llm.study.recipe_v2 import is_v2_recipe
 
     recipe = config if config is not None else recipe_path(scale)
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
     if Path(recipe).is_file() and is_v2_recipe(recipe):  # a v2 recipe: its own driver (pipeline_v2)
         from nca_lab.llm.study.pipeline_v2 import run_study_v2
+
+        if workers > 1:
+            if methods is not None or stop_after_units is not None:
+                raise ValueError("workers: splits every method over processes itself; give it without --methods "
+                                 "and --stop-after-units")
+            from nca_lab.llm.study.recipe_v2 import load_v2_config
+            from nca_lab.llm.study.workers import run_with_workers
+
+            out = out or str(REPO_ROOT / "runs" / f"llm_study_{load_v2_config(str(recipe)).scale}")
+            return run_with_workers(str(recipe), workers=workers, out=out, stages=stages, time_budget_s=time_budget_s,
+                                    resume=resume, overwrite=overwrite, results_dir=results_dir,
+                                    figures_dir=figures_dir, progress=progress, command=command)
 
         return run_study_v2(str(recipe), out=out, stages=stages, time_budget_s=time_budget_s, resume=resume,
                             overwrite=overwrite, results_dir=results_dir, figures_dir=figures_dir, progress=progress,
                             command=command, stop_after_units=stop_after_units, methods=methods)
     if stop_after_units is not None:
         raise ValueError("stop_after_units: only v2 recipes (version: 2) are cut between units")
-    if methods is not None:
-        raise ValueError("methods: only v2 recipes (version: 2) split their methods over processes")
+    if methods is not None or workers > 1:
+        raise ValueError(f"{'methods' if methods is not None else 'workers'}: only v2 recipes (version: 2) split "
+                         "their methods over processes")
     cfg = load_study_config(config if config is not None else recipe_path(scale))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -147,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="v2 recipes: train only these methods (sweep and final runs), so that one process per "
                              "group of methods can share --out and use one core each; run the task, base and sample "
                              "stages first without it (default: every method of the recipe)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="v2 recipes: run the sweep and final runs in this many processes (one per group of "
+                             "methods, one core each) after the shared stages; the result is the single-process "
+                             "study's (default: 1)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (default: off, progress shown)")
     args = parser.parse_args(argv)
@@ -155,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_study(args.scale, config=args.config, out=args.out, stages=args.stages, time_budget_s=args.time_budget_s,
                   resume=args.resume, overwrite=args.overwrite, results_dir=args.results_dir,
                   figures_dir=args.figures_dir, progress=not args.no_progress, command=command,
-                  stop_after_units=args.stop_after_units, methods=args.methods)
+                  stop_after_units=args.stop_after_units, methods=args.methods, workers=args.workers)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
