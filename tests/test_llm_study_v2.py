@@ -188,8 +188,9 @@ def test_merge_states_keeps_the_more_advanced_copy():
             "selection": {"nca_k4": {"complete": False}, "dpo_k4": {"complete": True}},
             "unit_log": [{"kind": "k", "name": "b@2", "finished_at": "2026-01-01T00:00:00"}],
             "commands": ["c0", "c1", "c1"], "timings": {"sweep_wall_s": 20.0, "seeds_wall_s": 5.0}, "samples": {"s2": 2},
-            "mus": {"0": 1}, "stopped": None}
-    m = merge_states(disk, mine)
+            "mus": {"0": 1}, "stopped": None, "stopped_by": {"t pid 7": "sweep: time budget"}}
+    # this process had 10 s of sweep when it last synced; the file has 50 s since (another process added 40)
+    m = merge_states(disk, mine, synced_timings={"sweep_wall_s": 10.0})
     by_id = {r["run_id"]: r for r in m["runs"]}
     assert sorted(by_id) == ["a", "b", "c"]
     assert list(by_id["a"]["checkpoint_evals"]) == ["1", "2"]  # the file's copy was further along
@@ -198,7 +199,8 @@ def test_merge_states_keeps_the_more_advanced_copy():
     assert [u["name"] for u in m["unit_log"]] == ["b@2", "a@1"]  # in order of finishing
     assert m["commands"] == ["c0", "c1", "c1"] and m["samples"] == {"s1": 1, "s2": 2}
     assert merge_states({"commands": ["c0", "a"]}, {"commands": ["c0", "b"]})["commands"] == ["c0", "a", "b"]
-    assert m["timings"] == {"sweep_wall_s": 50.0, "seeds_wall_s": 5.0} and m["stopped"] is None
+    assert m["timings"] == {"sweep_wall_s": 60.0, "seeds_wall_s": 5.0}  # each process's seconds counted once
+    assert m["stopped"] is None and m["stopped_by"] == {"t pid 7": "sweep: time budget"}
 
 
 def test_two_workers_give_the_sequential_study(tiny_v2, tmp_path, capsys):
@@ -213,9 +215,10 @@ def test_two_workers_give_the_sequential_study(tiny_v2, tmp_path, capsys):
                  str(tmp_path / "res"), "--figures-dir", str(tmp_path / "fig")]) == 0
     assert "2 workers: nca | dpo" in capsys.readouterr().out
     state = json.loads((work / "state.json").read_text())
-    names = [u["name"] for u in state["unit_log"]]
-    assert len(names) == len(set(names)), Counter(names).most_common(3)
     sequential_state = json.loads((tiny_v2[0] / "work" / "state.json").read_text())
+    # every unit once (the merge would hide a unit done twice, so count against the sequential study's log)
+    assert sorted(u["name"] for u in state["unit_log"]) == sorted(u["name"] for u in sequential_state["unit_log"])
+    assert state["stopped"] is None
     sequential = {r["run_id"]: r for r in sequential_state["runs"]}
     parallel = {r["run_id"]: r for r in state["runs"]}
     assert sorted(parallel) == sorted(sequential)
@@ -226,6 +229,16 @@ def test_two_workers_give_the_sequential_study(tiny_v2, tmp_path, capsys):
     report = json.loads((tmp_path / "res" / "study_tiny_v2.json").read_text())
     assert report["pending"] == [] and {w for c in state["commands"] for w in c.split() if w in ("nca", "dpo")} == \
         {"nca", "dpo"}  # each worker recorded its own command line
+    # a second process for a method that is being trained on this study is refused (no run done twice)
+    import contextlib
+
+    from nca_lab.llm.study.shared_state import lock_methods
+
+    with contextlib.ExitStack() as held:
+        lock_methods(work, ["nca"], held)
+        assert main(["--config", str(recipe_path("tiny_v2")), "--out", str(work), "--resume", "--stages", "sweep",
+                     "--methods", "nca"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: methods: nca is being trained by another process")
 
 
 def test_method_groups_balance_the_final_runs():
@@ -253,6 +266,9 @@ def test_methods_option_refuses_what_it_cannot_do(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: methods: only v2 recipes (version: 2) split their methods over processes"
     assert main(["--scale", "tiny", "--out", str(tmp_path / "v1"), "--workers", "2"]) == 2
     assert capsys.readouterr().err.strip() == "error: workers: only v2 recipes (version: 2) split their methods over processes"
+    with pytest.raises(SystemExit) as e:  # argparse: a usage line, exit 2
+        main(["--config", cfg, "--out", str(tmp_path / "w"), "--methods"])
+    assert e.value.code == 2 and "--methods: expected at least one argument" in capsys.readouterr().err
     assert main(["--config", cfg, "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: workers: expected an integer >= 1, got 0"
     assert main(["--config", cfg, "--out", str(tmp_path / "w"), "--workers", "2", "--methods", "nca"]) == 2

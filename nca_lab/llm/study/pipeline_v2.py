@@ -12,6 +12,7 @@ Results: ``<results.dir>/<results.name>.json`` + ``.md`` and ``<results.figures_
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] =
     the shared stages (task, base, sample) must be finished first, by a run without ``methods``."""
     from nca_lab.llm.study.pipeline import _quiet_libraries, prepare_out_dir
     from nca_lab.llm.study.results_v2 import write_report
+    from nca_lab.llm.study.shared_state import lock_methods
     from nca_lab.llm.study.stages_v2 import STAGE_FUNCS, StopStudy, StudyV2
 
     cfg = load_v2_config(config)
@@ -48,8 +50,8 @@ def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] =
     if methods is not None:
         bad = [m for m in methods if m not in cfg.methods]
         if bad or not methods:
-            raise ValueError(f"methods: {bad[0] if bad else '(none)'!s} is not a method of the recipe; its methods: "
-                             f"{', '.join(cfg.methods)}")
+            raise ValueError((f"methods: {bad[0]} is not a method of the recipe" if bad else "methods: none given")
+                             + f"; its methods: {', '.join(cfg.methods)}")
         shared = [s for s in stages if s in ("task", "base", "sample")]
         if shared:
             raise ValueError(f"methods: a process for some methods runs only the sweep, seeds and report stages; "
@@ -80,26 +82,30 @@ def run_study_v2(config: str, *, out: str | None = None, stages: Sequence[str] =
     if stages == ["report"]:
         # report only: read the state, never write it (the study may be running in another process)
         return write_report(study)
-    study.state["stopped"] = None
-    study.save()
-    for stage in stages:
-        if stage == "report":
-            return write_report(study)
-        if progress:
-            print(f"[study {cfg.scale}] stage {stage}", flush=True)
-        t0, c0 = time.monotonic(), time.process_time()
-        try:
-            STAGE_FUNCS[stage](study)
-        except StopStudy as why:
-            study.state["stopped"] = f"{stage}: {why}"
+    with contextlib.ExitStack() as locks:
+        if any(s in stages for s in ("sweep", "seeds")):
+            lock_methods(out_dir, study.methods, locks)
+        study.state["stopped"] = None
+        study.save()
+        for stage in stages:
+            if stage == "report":
+                return write_report(study)
             if progress:
-                print(f"[study {cfg.scale}] stopped in stage {stage} ({why}); continue with --resume", flush=True)
-            break
-        finally:
-            tm = study.state["timings"]
-            tm[f"{stage}_wall_s"] = round(tm.get(f"{stage}_wall_s", 0.0) + time.monotonic() - t0, 1)
-            tm[f"{stage}_cpu_s"] = round(tm.get(f"{stage}_cpu_s", 0.0) + time.process_time() - c0, 1)
-            study.save()
+                print(f"[study {cfg.scale}] stage {stage}", flush=True)
+            t0, c0 = time.monotonic(), time.process_time()
+            try:
+                STAGE_FUNCS[stage](study)
+            except StopStudy as why:
+                study.state["stopped"] = f"{stage}: {why}"
+                study.state.setdefault("stopped_by", {})[study.process_key] = study.state["stopped"]
+                if progress:
+                    print(f"[study {cfg.scale}] stopped in stage {stage} ({why}); continue with --resume", flush=True)
+                break
+            finally:
+                tm = study.state["timings"]
+                tm[f"{stage}_wall_s"] = round(tm.get(f"{stage}_wall_s", 0.0) + time.monotonic() - t0, 1)
+                tm[f"{stage}_cpu_s"] = round(tm.get(f"{stage}_cpu_s", 0.0) + time.process_time() - c0, 1)
+                study.save()
     if "report" in stages:
         return write_report(study)
     return study.state

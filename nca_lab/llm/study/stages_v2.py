@@ -68,17 +68,22 @@ class StudyV2(Study):
         self.state.pop("base_policy", None)
         self._mu_seed = cfg.mu_seeds[0]
         self._mu_cache: dict = {}
+        self._synced_timings: dict = {}
+        # this process's key in state["stopped_by"] (its stop reason, kept when other processes save)
+        self.process_key = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()}"
 
     def load(self) -> None:
         saved = json.loads(self.state_path.read_text())
         commands = saved.get("commands", [saved.get("command")]) + [self.state["command"]]
         self.state.update({k: v for k, v in saved.items() if k not in ("config", "budgets_s", "methods")})
         self.state["commands"] = commands
+        self._synced_timings = dict(self.state.get("timings", {}))
 
     def save(self) -> None:
         """Merge this process's state into ``state.json`` under a lock and adopt the merged state (other
         processes of the same study, on other methods, may have recorded units since the last save)."""
-        self.state = locked_save(self.state_path, self.state, write_json)
+        self.state = locked_save(self.state_path, self.state, write_json, self._synced_timings)
+        self._synced_timings = dict(self.state.get("timings", {}))
 
     # -- budget
     def check_time(self, estimate: float = 0.0) -> None:
@@ -409,9 +414,9 @@ def stage_seeds(study: StudyV2) -> None:
                 rec.update(test=ev, accuracy=ev["accuracy"], reward=ev["reward"], kl=ev["kl"], kl_se=ev["kl_se"],
                            logp_best_change=ev["logp_best_change"], logp_worst_change=ev["logp_worst_change"],
                            eval_split="test")
-            else:  # the checkpoint's weights are no longer needed (its evaluation is recorded)
-                shutil.rmtree(_checkpoint_dir(rec, step, total), ignore_errors=True)
             study.record(rec)
+            if step != total:  # the checkpoint's weights are no longer needed once its evaluation is saved
+                shutil.rmtree(_checkpoint_dir(rec, step, total), ignore_errors=True)
             study.unit_finished("checkpoint_eval", f"{rid}@{step}", t["wall_s"], t["cpu_s"])
         shutil.rmtree(os.path.join(rec["output_dir"], f"checkpoint-{total}"), ignore_errors=True)
 

@@ -38,39 +38,65 @@ def method_groups(cfg, n: int) -> list[list[str]]:
 def run_with_workers(config: str, *, workers: int, out: str, stages: Sequence[str], time_budget_s: float | None,
                      resume: bool, overwrite: bool, results_dir: str | None, figures_dir: str | None,
                      progress: bool, command: str | None) -> dict:
-    """Run ``stages`` of the v2 recipe ``config`` with the sweep and seeds stages over ``workers`` processes."""
-    from nca_lab.llm.study.pipeline_v2 import run_study_v2
+    """Run ``stages`` of the v2 recipe ``config`` with the sweep and seeds stages over ``workers`` processes.
+
+    A child stopped by its time budget records why under its pid in ``state["stopped_by"]``; after the children,
+    ``state["stopped"]`` lists those reasons (or is null). If this process is interrupted, its children are
+    terminated (their finished units are saved; ``--resume`` continues)."""
+    from nca_lab.llm.study.pipeline import prepare_out_dir
+    from nca_lab.llm.study.pipeline_v2 import STAGES_V2, run_study_v2
     from nca_lab.llm.study.recipe_v2 import load_v2_config
+    from nca_lab.llm.study.shared_state import locked_save
+    from nca_lab.llm.study.state import write_json
 
     cfg = load_v2_config(config)
+    unknown = [s for s in stages if s not in STAGES_V2]
+    if unknown:
+        raise ValueError(f"stages: unknown stage {unknown[0]!r}; stages: {', '.join(STAGES_V2)}")
+    continuing = resume or [s for s in STAGES_V2 if s in stages] != list(STAGES_V2)
+    state_path = Path(out) / "state.json"
+    if continuing and not state_path.is_file() and "task" not in stages:
+        raise ValueError(f"out: no study to continue in {out!r} (state.json missing)")
+    prepare_out_dir(Path(out), fresh=not continuing, overwrite=overwrite)
     kw = dict(out=out, results_dir=results_dir, figures_dir=figures_dir, progress=progress, command=command)
     t0 = time.monotonic()
     shared = [s for s in ("task", "base", "sample") if s in stages]
     state = None
     if shared:
-        state = run_study_v2(config, stages=shared, time_budget_s=time_budget_s, resume=resume, overwrite=overwrite,
-                             **kw)
-        resume = True
+        state = run_study_v2(config, stages=shared, time_budget_s=time_budget_s, resume=True, **kw)
     parallel = [s for s in ("sweep", "seeds") if s in stages]
+    failed: list[str] = []
     if parallel and not (state and state.get("stopped")):
         groups = method_groups(cfg, workers)
         argv = [sys.executable, "-m", "nca_lab.llm.study", "--config", config, "--out", out, "--resume",
-                "--stages", *parallel, "--no-progress"]
+                "--stages", *parallel] + ([] if progress else ["--no-progress"])
         if time_budget_s is not None:
             argv += ["--time-budget-s", str(max(1.0, time_budget_s - (time.monotonic() - t0)))]
         logs = [Path(out) / f"worker_{i}.log" for i in range(len(groups))]
         if progress:
             print(f"[study {cfg.scale}] {len(groups)} workers: " + " | ".join(" ".join(g) for g in groups)
-                  + f" (logs: {', '.join(str(p) for p in logs)})", flush=True)
+                  + f" (logs, appended: {', '.join(str(p) for p in logs)})", flush=True)
         procs = []
-        for group, log in zip(groups, logs):
-            with open(log, "w") as fh:
-                procs.append(subprocess.Popen([*argv, "--methods", *group], stdout=fh, stderr=subprocess.STDOUT))
-        codes = [p.wait() for p in procs]
+        try:
+            for group, log in zip(groups, logs):
+                with open(log, "a") as fh:
+                    procs.append(subprocess.Popen([*argv, "--methods", *group], stdout=fh, stderr=subprocess.STDOUT))
+            codes = [p.wait() for p in procs]
+        finally:
+            for p in procs:  # interrupted: no child outlives its parent (each holds its methods' locks)
+                if p.poll() is None:
+                    p.terminate()
+                    p.wait()
         failed = [f"{' '.join(g)} (exit {c}, log {log})" for g, c, log in zip(groups, codes, logs) if c != 0]
-        if failed:
-            raise ValueError(f"workers: {len(failed)} worker(s) failed: {'; '.join(failed)}; after fixing the "
-                             "cause, --resume continues")
-    if "report" in stages:
-        return run_study_v2(config, stages=["report"], resume=True, **kw)
-    return json.loads((Path(out) / "state.json").read_text())
+        done = json.loads(state_path.read_text())
+        stops = [f"{' '.join(g)}: {why}" for g, p in zip(groups, procs)
+                 for key, why in done.get("stopped_by", {}).items() if key.endswith(f"pid {p.pid}") and why]
+        done["stopped"] = "; ".join(stops) or None
+        locked_save(state_path, done, write_json)
+    result = run_study_v2(config, stages=["report"], resume=True, **kw) if "report" in stages else \
+        json.loads(state_path.read_text())
+    if failed:
+        raise ValueError(f"workers: {len(failed)} worker(s) failed: {'; '.join(failed)}; after fixing the cause, "
+                         "--resume continues" + (" (the report above covers what finished)" if "report" in stages
+                                                  else ""))
+    return result
