@@ -323,6 +323,30 @@ def test_cpl_bandit_optimum_below_lambda_one_is_the_policy_optimum():
     assert np.abs(T.cpl_bandit_optimum(r, 0.8, lam=0.6, mu_pairs=mu) - T.cpl_bandit_optimum(r, 0.8)).max() > 1e-3
 
 
+def test_cpl_bias_passes_include_identical_on():
+    """cpl_bias is the largest centred gap between CPL's λ-optimum and r/α, for either pair distribution:
+    with or without identical pairs (y, y) — the two differ at λ < 1."""
+    mu, r, alpha, lam = np.array([0.2, 0.5, 0.3]), np.array([1.0, -0.5, 2.0]), 0.8, 0.5
+    for incl in (True, False):
+        lp = T.cpl_policy_optimum(mu, r, alpha, lam, include_identical=incl)
+        expect = np.abs((lp - lp.mean()) - (r / alpha - (r / alpha).mean())).max()
+        assert float(T.cpl_bias(mu, r, alpha, lam, include_identical=incl)) == pytest.approx(expect, abs=1e-12)
+    assert abs(float(T.cpl_bias(mu, r, alpha, lam)) - float(T.cpl_bias(mu, r, alpha, lam, include_identical=False))) > 1e-3
+
+
+@pytest.mark.parametrize("K", [2, 3, 6])
+def test_integrals_are_exact_with_rewards_spread_over_30_nats(K):
+    """The integral forms against enumeration where their truncation matters: r/α spanning 30 nats with μ on
+    the lowest reward, so that min a = e^{-30} and the upper cut t1 = (40 + log((K−1)/b))/b, b = (K−1) min a,
+    is far out (a cut at (40 − log(…))/b loses 5e-5). Both are exact up to quad's relative 1e-13 per piece;
+    observed ≤ 4e-15, 1e-13 asserted."""
+    mu, r, alpha = np.array([0.9, 0.05, 0.05]), np.array([0.0, 15.0, 30.0]), 1.0
+    assert float(T.nca_loo_constant(mu, r, alpha, K, method="integral")) == pytest.approx(
+        float(T.nca_loo_constant(mu, r, alpha, K, method="enumerate")), abs=1e-13)
+    np.testing.assert_allclose(T.nca_optimum(mu, r, alpha, K, method="integral"),
+                               T.nca_optimum(mu, r, alpha, K, method="enumerate"), rtol=0, atol=1e-13)
+
+
 def test_batched_inputs_match_rowwise():
     rng = np.random.default_rng(1)
     mu = rng.dirichlet(np.ones(4), size=3)
@@ -341,6 +365,8 @@ def test_batched_inputs_match_rowwise():
         lambda m, x: T.infonca_policy_optimum(m, x, 0.7, 1.3),
         lambda m, x: T.nca_loo_mass(m, x, 0.7, 3),
         lambda m, x: T.bt_win_probability(m, x),
+        lambda m, x: T.cpl_bias(m, x, 0.7, 0.5),
+        lambda m, x: T.cpl_bias(m, x, 0.7, 0.5, include_identical=False),
     ):
         batched = fn(mu, r)
         rows = np.stack([fn(mu[i], r[i]) for i in range(3)])
