@@ -202,6 +202,35 @@ def test_population_loss_errors(kwargs, match):
         population_loss(**args)
 
 
+def test_integral_path_contract():
+    """The integral path (NCA only) on its own: contexts weighted by ρ, registry defaults when no hyperparameter
+    is given (both equal to enumeration), and its refusals with their full messages."""
+    mu, r = random_instance(3, 4, X=3, min_gap=0.1)
+    logpi = np.log(mu) + np.array([0.2, -0.3, 0.1, 0.0])
+    rho = np.array([0.5, 0.3, 0.2])
+    # dict(): nca's defaults β = 0.01, α = 1e-4, on rewards scaled by 1e-4 so that r/α spans a few nats as above
+    for kw, rr in ((dict(context_weights=rho, alpha=1.0, beta=1.0), r), (dict(), r * 1e-4)):
+        vals = [float(population_loss("nca", logpi, mu, rr, 3, "reward", method=m, **kw)) for m in ("enumerate", "integral")]
+        assert vals[1] == pytest.approx(vals[0], rel=1e-12), kw
+    m1, r1 = INSTANCES["untied"]
+    cases = [
+        (dict(name="dpo"), "the one-dimensional-integral path exists only for 'nca' (per-response terms); loss 'dpo' "
+                           "needs enumeration"),
+        (dict(labels="bt", K=2), "the integral path for 'nca' supports labels 'reward', 'loo', 'exact_norm'; got 'bt'"),
+        (dict(beta=0.0), "beta and alpha must be > 0, got beta=0.0, alpha=1.0"),
+        (dict(beta=-1.0), "beta and alpha must be > 0, got beta=-1.0, alpha=1.0"),
+        (dict(alpha=0.0), "beta and alpha must be > 0, got beta=1.0, alpha=0.0"),
+    ]
+    for kwargs, message in cases:
+        args = dict(name="nca", logpi=np.log(m1), mu=m1, r=r1, K=3, alpha=1.0, beta=1.0, method="integral")
+        args.update(kwargs)
+        if args["name"] == "dpo":
+            args.pop("alpha")
+        with pytest.raises(ValueError) as e:
+            population_loss(**args)
+        assert str(e.value) == message, kwargs
+
+
 def test_sft_accepts_K_1():
     mu, r = INSTANCES["untied"]
     logpi = np.log([0.1, 0.2, 0.7])
