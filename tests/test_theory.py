@@ -388,6 +388,7 @@ def test_batched_inputs_match_rowwise():
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, np.nan], 1.0), "r"),
         (lambda: T.nca_loo_mass([0.5, 0.5], [0.0, 1.0], 1.0, K=0), "K"),
         (lambda: T.nca_loo_mass([0.5, 0.5], [0.0, 1.0], 1.0, K=3, method="mc"), "method"),
+        (lambda: T.nca_loo_optimum([0.5, 0.5], [0.0, 1.0], 1.0, K=3, method="mc"), "method"),
         (lambda: T.dpo_bt_optimum([0.5, 0.5], [0.0, 1.0], 0.0), "beta"),
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 1.0, K=3, method="mc"), "method"),
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1000.0], 1.0, K=3), "r/alpha"),
