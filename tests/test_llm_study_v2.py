@@ -219,6 +219,9 @@ def test_two_workers_give_the_sequential_study(tiny_v2, tmp_path, capsys):
     # every unit once (the merge would hide a unit done twice, so count against the sequential study's log)
     assert sorted(u["name"] for u in state["unit_log"]) == sorted(u["name"] for u in sequential_state["unit_log"])
     assert state["stopped"] is None
+    # each stage's seconds counted once: the base stage is its μ units (the parent's final merge once doubled them)
+    mu_s = sum(u["wall_s"] for u in state["unit_log"] if u["kind"] == "mu")
+    assert mu_s <= state["timings"]["base_wall_s"] <= 1.2 * mu_s + 1.0, (state["timings"], mu_s)
     sequential = {r["run_id"]: r for r in sequential_state["runs"]}
     parallel = {r["run_id"]: r for r in state["runs"]}
     assert sorted(parallel) == sorted(sequential)
@@ -273,3 +276,53 @@ def test_methods_option_refuses_what_it_cannot_do(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: workers: expected an integer >= 1, got 0"
     assert main(["--config", cfg, "--out", str(tmp_path / "w"), "--workers", "2", "--methods", "nca"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: workers: splits every method over processes itself")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (Linux /proc)."""
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as fh:
+                    if text.encode() in fh.read():
+                        pids.append(int(d))
+            except OSError:  # the process ended while we looked
+                pass
+    return pids
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="reads /proc to find the children")
+def test_terminating_the_workers_parent_terminates_its_children(tmp_path):
+    """SIGTERM to a ``--workers 2`` study (what a scheduler or ``kill`` sends) must not leave its children training
+    on their own: the parent exits with 143 and no process of the study remains."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    work = tmp_path / "work"
+    parent = subprocess.Popen([sys.executable, "-m", "nca_lab.llm.study", "--config", str(recipe_path("tiny_v2")),
+                               "--out", str(work), "--workers", "2", "--no-progress", "--results-dir",
+                               str(tmp_path / "res"), "--figures-dir", str(tmp_path / "fig")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 600
+        children: list[int] = []
+        while time.monotonic() < deadline and parent.poll() is None:
+            children = [p for p in _processes_mentioning(str(work)) if p != parent.pid]
+            if len(children) == 2:
+                break
+            time.sleep(0.5)
+        assert len(children) == 2, (parent.poll(), parent.stderr.read() if parent.poll() is not None else "")
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        time.sleep(0.5)  # terminate() was followed by wait(): the children are gone, not merely signalled
+        assert _processes_mentioning(str(work)) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for p in _processes_mentioning(str(work)):
+            __import__("os").kill(p, signal.SIGKILL)

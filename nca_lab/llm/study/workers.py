@@ -10,6 +10,7 @@ like any other study.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["method_groups", "run_with_workers"]
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def method_groups(cfg, n: int) -> list[list[str]]:
@@ -77,12 +82,18 @@ def run_with_workers(config: str, *, workers: int, out: str, stages: Sequence[st
             print(f"[study {cfg.scale}] {len(groups)} workers: " + " | ".join(" ".join(g) for g in groups)
                   + f" (logs, appended: {', '.join(str(p) for p in logs)})", flush=True)
         procs = []
+        # SIGTERM (a job scheduler, `kill`, a session ending) would end this process without its `finally`, leaving
+        # the children training on their own; raising SystemExit instead runs it, so they are terminated too.
+        # (SIGINT already raises KeyboardInterrupt — unless the shell started this process with SIGINT ignored,
+        # as `cmd &` in a script does: there, stop it with SIGTERM.)
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             for group, log in zip(groups, logs):
                 with open(log, "a") as fh:
                     procs.append(subprocess.Popen([*argv, "--methods", *group], stdout=fh, stderr=subprocess.STDOUT))
             codes = [p.wait() for p in procs]
         finally:
+            signal.signal(signal.SIGTERM, previous)
             for p in procs:  # interrupted: no child outlives its parent (each holds its methods' locks)
                 if p.poll() is None:
                     p.terminate()
@@ -92,7 +103,7 @@ def run_with_workers(config: str, *, workers: int, out: str, stages: Sequence[st
         stops = [f"{' '.join(g)}: {why}" for g, p in zip(groups, procs)
                  for key, why in done.get("stopped_by", {}).items() if key.endswith(f"pid {p.pid}") and why]
         done["stopped"] = "; ".join(stops) or None
-        locked_save(state_path, done, write_json)
+        locked_save(state_path, done, write_json, done.get("timings"))  # its timings are the file's: add none
     result = run_study_v2(config, stages=["report"], resume=True, **kw) if "report" in stages else \
         json.loads(state_path.read_text())
     if failed:
