@@ -112,14 +112,29 @@ def test_report_files_and_matched_kl_fields(tiny_v2):
 
 
 def test_interpolate_path_in_kl():
-    pts = [{"kl": 0.0, "accuracy": 0.5, "reward": 0.4, "correct": np.array([0.0, 1.0]),
+    pts = [{"step": 0, "kl": 0.0, "accuracy": 0.5, "reward": 0.4, "correct": np.array([0.0, 1.0]),
             "prompt_reward": np.array([0.2, 0.6])},
-           {"kl": 2.0, "accuracy": 0.7, "reward": 0.6, "correct": np.array([1.0, 1.0]),
+           {"step": 10, "kl": 2.0, "accuracy": 0.7, "reward": 0.6, "correct": np.array([1.0, 1.0]),
             "prompt_reward": np.array([0.4, 0.8])}]
-    at, correct, reward = interpolate_path(list(reversed(pts)), 0.5)
+    at, correct, reward = interpolate_path(list(reversed(pts)), 0.5)  # read in step order, whatever the list order
     assert at["accuracy"] == pytest.approx(0.55) and at["reward"] == pytest.approx(0.45)
     assert correct.tolist() == pytest.approx([0.25, 1.0]) and reward.tolist() == pytest.approx([0.25, 0.65])
     assert interpolate_path(pts, 2.5) is None
+    assert interpolate_path(pts, 2.0)[0]["reward"] == pytest.approx(0.6)  # the end point itself is on the path
+
+
+def test_interpolate_path_reads_a_non_monotone_path_where_it_first_reaches_the_kl():
+    """KL rises to 2 at step 10 and falls to 1 at step 20 (as NCA's does in the cpu_v2 study): KL 1 is first reached
+    halfway to step 10 (reward 0.5), not at step 20 (reward 0.9), and KL 1.5 between steps 0 and 10 — re-sorting
+    the points by KL would instead join step 20 to step 10."""
+    def point(step, kl, reward):
+        return {"step": step, "kl": kl, "accuracy": reward, "reward": reward, "correct": np.array([reward]),
+                "prompt_reward": np.array([reward])}
+
+    pts = [point(20, 1.0, 0.9), point(0, 0.0, 0.4), point(10, 2.0, 0.6)]
+    assert interpolate_path(pts, 1.0)[0]["reward"] == pytest.approx(0.5)
+    assert interpolate_path(pts, 1.5)[0]["reward"] == pytest.approx(0.55)
+    assert interpolate_path(pts, 2.0 + 1e-9) is None
 
 
 def test_holm_adjustment():

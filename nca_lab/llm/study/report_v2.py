@@ -3,8 +3,8 @@
 * ``final``: per (method, K, μ seed) the final test metrics, mean ± std over the finished seeds;
 * ``paths``: per (method, K, μ seed) the checkpoint evaluations, mean over seeds at each step (accuracy, reward,
   KL(π‖μ), Δ log π(best/worst response) on training prompts): the training-time path, starting at μ (step 0);
-* ``matched_kl``: reward and accuracy at equal KL(π‖μ).  Each seed's path (μ at KL 0, then its checkpoints,
-  ordered by KL) is interpolated linearly in KL at targets ``f · KL*`` (f = 0.25, 0.5, 0.75, 1), where KL* is the
+* ``matched_kl``: reward and accuracy at equal KL(π‖μ).  Each seed's path (μ at KL 0, then its checkpoints in
+  training order) is read where it first reaches the target KL, interpolated linearly in KL at targets ``f · KL*`` (f = 0.25, 0.5, 0.75, 1), where KL* is the
   smallest final-path KL reached by any seed of the compared methods (so no method is extrapolated); per-prompt
   outcomes are interpolated with the same weights, and ``nca − dpo`` and ``infonca − dpo`` at each target get the
   paired two-level bootstrap interval of :func:`nca_lab.llm.study.paired.paired_bootstrap`; so does K = 4 − K = 2
@@ -54,14 +54,17 @@ def _mu_test(state: dict, mu_seed: int) -> dict | None:
 
 
 def interpolate_path(points: list[dict], target: float) -> tuple[dict, np.ndarray, np.ndarray] | None:
-    """Linear interpolation in KL of a path ``[{kl, accuracy, reward, correct[P], prompt_reward[P]}]`` at KL
-    ``target``; the path is ordered by KL (a non-monotone path is read in KL order).  ``None`` beyond its range."""
-    pts = sorted(points, key=lambda p: p["kl"])
-    if not pts or target < pts[0]["kl"] - 1e-12 or target > pts[-1]["kl"] + 1e-12:
-        return None
-    for a, b in zip(pts, pts[1:] + pts[-1:]):
-        if a["kl"] <= target <= b["kl"]:
-            w = 0.0 if b["kl"] == a["kl"] else (target - a["kl"]) / (b["kl"] - a["kl"])
+    """Where a training-time path ``[{step, kl, accuracy, reward, correct[P], prompt_reward[P]}]`` first reaches
+    KL ``target``: walking its points in step order (μ at step 0, KL 0, then the checkpoints), the first segment
+    whose KL range holds ``target``, interpolated linearly in KL.  A path whose KL rises and then falls (NCA's
+    does) is thus read at the earliest time it reaches the target, not by re-sorting its points by KL, which
+    would join checkpoints that are not neighbours in training.  ``None`` when the path never reaches ``target``
+    (beyond its largest KL)."""
+    pts = sorted(points, key=lambda p: p["step"])
+    for a, b in zip(pts, pts[1:]):
+        lo, hi = min(a["kl"], b["kl"]), max(a["kl"], b["kl"])
+        if lo - 1e-12 <= target <= hi + 1e-12:
+            w = 0.0 if b["kl"] == a["kl"] else min(1.0, max(0.0, (target - a["kl"]) / (b["kl"] - a["kl"])))
             mix = lambda x, y: (1 - w) * x + w * y  # noqa: E731
             return ({"accuracy": mix(a["accuracy"], b["accuracy"]), "reward": mix(a["reward"], b["reward"])},
                     mix(a["correct"], b["correct"]), mix(a["prompt_reward"], b["prompt_reward"]))
