@@ -341,3 +341,27 @@ def test_terminating_the_workers_parent_terminates_its_children(tmp_path):
             parent.kill()
         for p in _processes_mentioning(str(work)):
             __import__("os").kill(p, signal.SIGKILL)
+
+
+def test_figures_draw_only_the_ks_that_have_runs(tiny_v2, tmp_path):
+    """A partial study with final runs at K = 4 only draws K = 4's panels: half the height of the full study's
+    figures (one row of panels instead of two), with no empty K = 2 row."""
+    from PIL import Image
+
+    from nca_lab.llm.study.results_v2 import _figures
+
+    out, *_ = tiny_v2
+    rep = json.loads((out / "results" / "study_tiny_v2.json").read_text())
+    assert {p["k"] for p in rep["paths"]} == {4, 2}
+    k4 = {**rep, "paths": [p for p in rep["paths"] if p["k"] == 4],
+          "matched_kl": [r for r in rep["matched_kl"] if r["k"] == 4]}
+    files = _figures(k4, load_v2_config(recipe_path("tiny_v2")), tmp_path, "k4")
+    for name in ("paths", "matched_kl"):
+        assert str(tmp_path / f"k4_{name}.png") in [str(f) for f in files]
+        full = Image.open(out / "figures" / f"llm_tiny_v2_{name}.png").size
+        part = Image.open(tmp_path / f"k4_{name}.png").size
+        # (saved with bbox_inches="tight", so the sizes are proportional only roughly)
+        assert part[0] == pytest.approx(full[0], rel=0.05) and part[1] < 0.6 * full[1], (name, part, full)
+    full = Image.open(out / "figures" / "llm_tiny_v2_logp_best.png").size
+    part = Image.open(tmp_path / "k4_logp_best.png").size
+    assert part[1] == pytest.approx(full[1], rel=0.05) and part[0] < 0.6 * full[0], (part, full)

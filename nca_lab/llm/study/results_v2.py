@@ -46,8 +46,9 @@ def _figures(rep: dict, cfg, fig_dir: Path, prefix: str) -> list[str]:
     rows = [r for r in rep["matched_kl"] if "method" in r and r["mu_seed"] == mu0]
     if not paths:  # no final run has an evaluated checkpoint yet: nothing to draw (an empty figure says nothing)
         return files
-    fig, axes = plt.subplots(len(cfg.ks), 2, figsize=(11, 4 * len(cfg.ks)), squeeze=False)
-    for i, k in enumerate(cfg.ks):
+    ks = [k for k in cfg.ks if any(p["k"] == k for p in paths)]  # a K with no evaluated run gets no empty panel
+    fig, axes = plt.subplots(len(ks), 2, figsize=(11, 4 * len(ks)), squeeze=False)
+    for i, k in enumerate(ks):
         for j, metric in enumerate(("accuracy", "reward")):
             ax = axes[i][j]
             for p in paths:
@@ -59,8 +60,8 @@ def _figures(rep: dict, cfg, fig_dir: Path, prefix: str) -> list[str]:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     files += _save(fig, paths, fig_dir / f"{prefix}_paths")
-    fig, axes = plt.subplots(1, len(cfg.ks), figsize=(6 * len(cfg.ks), 4), squeeze=False)
-    for i, k in enumerate(cfg.ks):
+    fig, axes = plt.subplots(1, len(ks), figsize=(6 * len(ks), 4), squeeze=False)
+    for i, k in enumerate(ks):
         ax = axes[0][i]
         for p in paths:
             if p["k"] == k:
@@ -75,8 +76,9 @@ def _figures(rep: dict, cfg, fig_dir: Path, prefix: str) -> list[str]:
     files += _save(fig, paths, fig_dir / f"{prefix}_logp_best")
     if not rows:
         return files
-    fig, axes = plt.subplots(len(cfg.ks), 2, figsize=(11, 4 * len(cfg.ks)), squeeze=False)
-    for i, k in enumerate(cfg.ks):
+    ks = [k for k in cfg.ks if any(r["k"] == k for r in rows)]
+    fig, axes = plt.subplots(len(ks), 2, figsize=(11, 4 * len(ks)), squeeze=False)
+    for i, k in enumerate(ks):
         for j, metric in enumerate(("accuracy", "reward")):
             ax = axes[i][j]
             for m in cfg.methods:
