@@ -108,7 +108,8 @@ def test_report_files_and_matched_kl_fields(tiny_v2):
         assert row["train_logratio_best_end"] == pytest.approx(sum(best) / len(best)) if best else \
             row["train_logratio_best_end"] is None
         assert row["reward"] == sweeps[row["run_id"]]["validation"]["reward"]
-    assert md.count("| nca | 4 | lr ") + md.count("| dpo | 4 | lr ") == len(sweeps)
+    sweep_table = md[md.index("### Sweep runs so far"):md.index("## Final runs")]
+    assert sweep_table.count("| nca | 4 | lr ") + sweep_table.count("| dpo | 4 | lr ") == len(sweeps)
 
 
 def test_interpolate_path_in_kl():
@@ -236,7 +237,7 @@ def test_two_workers_give_the_sequential_study(tiny_v2, tmp_path, capsys):
     assert state["stopped"] is None
     # each stage's seconds counted once: the base stage is its μ units (the parent's final merge once doubled them)
     mu_s = sum(u["wall_s"] for u in state["unit_log"] if u["kind"] == "mu")
-    assert mu_s <= state["timings"]["base_wall_s"] <= 1.2 * mu_s + 1.0, (state["timings"], mu_s)
+    assert mu_s - 0.1 <= state["timings"]["base_wall_s"] <= 1.2 * mu_s + 1.0, (state["timings"], mu_s)  # 0.1: rounding
     sequential = {r["run_id"]: r for r in sequential_state["runs"]}
     parallel = {r["run_id"]: r for r in state["runs"]}
     assert sorted(parallel) == sorted(sequential)
@@ -365,3 +366,57 @@ def test_figures_draw_only_the_ks_that_have_runs(tiny_v2, tmp_path):
     full = Image.open(out / "figures" / "llm_tiny_v2_logp_best.png").size
     part = Image.open(tmp_path / "k4_logp_best.png").size
     assert part[1] == pytest.approx(full[1], rel=0.05) and part[0] < 0.6 * full[0], (part, full)
+
+
+def test_displacement_runs_are_trained_evaluated_and_reported(tiny_v2):
+    """The recipe's fixed-setting runs: trained and evaluated at every checkpoint like final runs (one record per
+    run id, stage ``displacement`` unless it is a final run), reported with Δ log π along training, against μ and
+    between methods at the same lr (in ``comparisons``, so Holm's adjustment covers them)."""
+    from nca_lab.llm.study.recipe_v2 import displacement_units
+    from nca_lab.llm.study.stages_v2 import run_key
+
+    out, *_, final = tiny_v2
+    cfg = load_v2_config(recipe_path("tiny_v2"))
+    state = json.loads((out / "work" / "state.json").read_text())
+    ids = Counter(r["run_id"] for r in state["runs"])
+    units = displacement_units(cfg)
+    assert [(m, s) for m, _, _, _, s in units] == [("nca", 1), ("dpo", 1)]
+    for m, k, setting, mu, s in units:
+        rid = run_key(m, k, setting, mu, s)
+        assert ids[rid] == 1, rid
+        rec = next(r for r in state["runs"] if r["run_id"] == rid)
+        assert rec["stage"] in ("displacement", "final") and rec["setting"] == setting
+        assert sorted(rec["checkpoint_evals"], key=int) == ["1", "2"] and rec["test"] is not None
+    rep = json.loads((out / "results" / "study_tiny_v2.json").read_text())
+    rows = {d["method"]: d for d in rep["displacement"]}
+    assert set(rows) == {"nca", "dpo"} and all(d["n_seeds"] == 1 and d["label"] == "lr 0.01, beta 0.1"
+                                               for d in rows.values())
+    dpo_rec = next(r for r in state["runs"] if r["run_id"] == rows["dpo"]["run_ids"][0])
+    assert rows["dpo"]["logp_best_change"]["mean"] == dpo_rec["logp_best_change"]
+    assert rows["dpo"]["path"]["step"] == [0, 1, 2] and rows["dpo"]["path"]["logp_best_change"][0] == 0.0
+    disp = [c for c in rep["comparisons"] if "displacement" in c["a"]]
+    assert {(c["b"], c["metric"]) for c in disp} == {("μ0", "accuracy"), ("μ0", "reward"),
+                                                     ("dpo K=4 (lr 0.01, beta 0.1; displacement)", "accuracy"),
+                                                     ("dpo K=4 (lr 0.01, beta 0.1; displacement)", "reward")} and \
+        len(disp) == 6 and all("p_holm" in c for c in disp)
+    md = (out / "results" / "study_tiny_v2.md").read_text()
+    assert "## Displacement runs" in md and "| dpo | 4 | lr 0.01, beta 0.1 | 1 |" in md
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": [7]}, "displacement.seeds: expected a non-empty subset of seeds [1, 2]"),
+    ({"k": 3}, "displacement.k: 3 is not one of ks [4, 2]"),
+    ({"runs": {"ipo": [{"lr": 1.0}]}}, "displacement.runs: 'ipo' is not one of methods"),
+    ({"runs": {"nca": [{"lr": 1.0e-2}]}}, "displacement.runs.nca[0]: expected a positive value for each of beta, lr"),
+    ({"runs": {"nca": [{"lr": -1.0, "beta": 0.1}]}}, "displacement.runs.nca[0]: expected a positive value"),
+    ({"extra": 1}, "displacement"),
+])
+def test_recipe_checks_the_displacement_runs(tmp_path, change, message):
+    import yaml
+
+    raw = yaml.safe_load(recipe_path("tiny_v2").read_text())
+    raw["displacement"] = {**raw["displacement"], **change}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError) as e:
+        load_v2_config(tmp_path / "bad.yaml")
+    assert message in str(e.value) and str(e.value).startswith("recipe bad.yaml: displacement")

@@ -13,7 +13,12 @@ What v2 changes from v1 (:mod:`nca_lab.llm.study.recipe`):
   extended (geometrically, by the ratio of the two outermost values) while the chosen value is on an edge, at most
   ``sweep.max_extend`` times per hyperparameter;
 * ``align.epochs`` fixes the run length: ``max_steps = epochs · ceil(n_prompts / batch_size)``, with
-  ``n_checkpoints`` evenly spaced checkpoints, each evaluated (the training-time path of every final run).
+  ``n_checkpoints`` evenly spaced checkpoints, each evaluated (the training-time path of every final run);
+* ``displacement`` (optional): extra runs at **fixed** settings, not the sweep's choice, on the first μ, for the
+  regime where a method pushes the best response's likelihood down (claims 3–4): ``{k, seeds, runs: {method:
+  [setting, ...]}}``, each setting giving every hyperparameter of the method's grid. They are trained and
+  evaluated like final runs (same samples and data order per seed, every checkpoint), right after the first K's
+  final runs on the first μ; a setting equal to a final run's is that run, not a second one.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import yaml
 
 from nca_lab.llm.study.recipe import METHODS, _PER_RUN_FIELDS, _check_keys
 
-__all__ = ["StudyV2Config", "is_v2_recipe", "load_v2_config", "run_steps", "final_units"]
+__all__ = ["StudyV2Config", "is_v2_recipe", "load_v2_config", "run_steps", "final_units", "displacement_units"]
 
 _BASE_KEYS = {"size", "n_train", "error_rate", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "bf16",
               "n_eval", "eval_samples", "max_new_tokens"}
@@ -57,6 +62,7 @@ class StudyV2Config:
     mu_seeds: list = field(default_factory=lambda: [0])
     seeds: list = field(default_factory=lambda: [1, 2, 3, 4, 5])
     n_checkpoints: int = 4
+    displacement: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)
     budgets_s: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
@@ -130,6 +136,7 @@ def load_v2_config(path: str | os.PathLike) -> StudyV2Config:
     if run_steps(cfg) % cfg.n_checkpoints:
         raise ValueError(f"{where}: n_checkpoints {cfg.n_checkpoints} does not divide the run's {run_steps(cfg)} "
                          "steps (epochs x ceil(n_prompts / batch_size))")
+    _check_displacement(where, cfg)
     cfg.selection = cfg.sweep.get("selection", "reward")
     cfg.sweep_seed = cfg.sweep.get("seed", 0)
     return cfg
@@ -150,3 +157,40 @@ def final_units(cfg: StudyV2Config) -> list[tuple[str, int, int, int]]:
         out += [(m, k, cfg.mu_seeds[0], s) for s in cfg.seeds for m in cfg.methods]
         out += [(m, k, mu, s) for mu in cfg.mu_seeds[1:] for s in cfg.seeds for m in cfg.headline]
     return out
+
+
+def _check_displacement(where: str, cfg: StudyV2Config) -> None:
+    d = cfg.displacement
+    if not d:
+        return
+    _check_keys(f"{where}: displacement", d, {"k", "seeds", "runs"})
+    if d.get("k", 4) not in cfg.ks:
+        raise ValueError(f"{where}: displacement.k: {d.get('k')!r} is not one of ks {cfg.ks}")
+    seeds = d.get("seeds", [])
+    if not seeds or any(s not in cfg.seeds for s in seeds):
+        raise ValueError(f"{where}: displacement.seeds: expected a non-empty subset of seeds {cfg.seeds} (their "
+                         f"sample sets are the final runs'), got {seeds!r}")
+    runs = d.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise ValueError(f"{where}: displacement.runs: expected {{method: [setting, ...]}}")
+    for m, settings in runs.items():
+        if m not in cfg.methods:
+            raise ValueError(f"{where}: displacement.runs: {m!r} is not one of methods {cfg.methods}")
+        if not isinstance(settings, list) or not settings:
+            raise ValueError(f"{where}: displacement.runs.{m}: expected a non-empty list of settings")
+        for i, st in enumerate(settings):
+            want = set(cfg.grids[m])
+            if not isinstance(st, dict) or set(st) != want or any(
+                    not (isinstance(v, (int, float)) and v > 0) for v in st.values()):
+                raise ValueError(f"{where}: displacement.runs.{m}[{i}]: expected a positive value for each of "
+                                 f"{', '.join(sorted(want))} (the method's grid), got {st!r}")
+
+
+def displacement_units(cfg: StudyV2Config) -> list[tuple[str, int, dict, int, int]]:
+    """The ``displacement`` runs ``(method, K, setting, μ seed, seed)`` in run order (seed-major, so a cut leaves
+    every setting with the same seeds); settings as floats, in the recipe's order."""
+    d = cfg.displacement
+    if not d:
+        return []
+    return [(m, d.get("k", 4), {**METHODS[m].fixed, **{p: float(v) for p, v in st.items()}}, cfg.mu_seeds[0], s)
+            for s in d["seeds"] for m, settings in d["runs"].items() for st in settings]

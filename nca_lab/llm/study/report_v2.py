@@ -13,6 +13,10 @@
   mean sampled reward for the claims' pairs; seeds of a method pair are matched by (μ seed, seed), which fixed the
   same samples and data order.  Multiple comparisons: the Holm-adjusted p of every comparison (over all of them)
   is given next to the unadjusted 95 % interval;
+* ``displacement``: the recipe's fixed-setting runs (claims 3–4: where a method pushes the best response's
+  likelihood down): per setting, the final metrics over seeds, Δ log π(best/worst) along training, and paired
+  intervals against μ (accuracy, reward) and between methods at the same learning rate — these join
+  ``comparisons`` (and so Holm's adjustment);
 * ``pending``: every unit not finished yet; ``timing``: mean wall/CPU time per unit kind and a remaining-time
   estimate (pending units × measured means).
 """
@@ -24,7 +28,7 @@ import math
 import numpy as np
 
 from nca_lab.llm.study.paired import paired_bootstrap
-from nca_lab.llm.study.recipe_v2 import final_units, run_steps
+from nca_lab.llm.study.recipe_v2 import displacement_units, final_units, run_steps
 from nca_lab.llm.study.stats import mean, std
 
 __all__ = ["build_report", "holm", "interpolate_path", "PAIRS"]
@@ -163,6 +167,8 @@ def build_report(state: dict, cfg) -> dict:
                                        np.asarray(base["per_prompt"][key], float)[None, :])
                 out["comparisons"].append({"a": f"{m} K={k}", "b": f"μ{mu}", "metric": metric, **res,
                                            "seeds": [r["seed"] for r in rs]})
+    out["displacement"], disp_comparisons = _displacement(state, cfg)
+    out["comparisons"] += disp_comparisons
     adj = holm([c["p_two_sided"] for c in out["comparisons"]])
     for c, p in zip(out["comparisons"], adj):
         c["p_holm"] = p
@@ -174,6 +180,58 @@ def build_report(state: dict, cfg) -> dict:
     out["pending"] = pending_units(state, cfg)
     out["timing"] = timing(state, out["pending"])
     return out
+
+
+def _setting_label(setting: dict) -> str:
+    return ", ".join(f"{k} {setting[k]:g}" for k in ("lr", "beta", "alpha", "margin", "sft_weight") if k in setting)
+
+
+def _displacement(state: dict, cfg) -> tuple[list[dict], list[dict]]:
+    """The displacement runs' rows (one per method and setting, over its evaluated seeds) and their paired
+    comparisons: each setting against μ, and each PAIRS pair of methods at the same learning rate."""
+    from nca_lab.llm.study.stages_v2 import run_key
+
+    by_id = {r["run_id"]: r for r in state.get("runs", [])}
+    cells: dict = {}
+    for m, k, setting, mu, s in displacement_units(cfg):
+        cell = cells.setdefault((m, _setting_label(setting)), {"method": m, "k": k, "mu_seed": mu,
+                                                              "setting": setting, "runs": {}})
+        rec = by_id.get(run_key(m, k, setting, mu, s))
+        if rec is not None and rec.get("test") is not None:
+            cell["runs"][s] = rec
+    rows, comps = [], []
+    for (m, label), cell in cells.items():
+        rs = [cell["runs"][s] for s in sorted(cell["runs"])]
+        row = {"method": m, "k": cell["k"], "mu_seed": cell["mu_seed"], "setting": cell["setting"],
+               "label": label, "n_seeds": len(rs), "seeds": sorted(cell["runs"]),
+               "run_ids": [r["run_id"] for r in rs]}
+        if rs:
+            row.update({x: _stat([r[x] for r in rs]) for x in ("accuracy", "reward", "kl", "logp_best_change",
+                                                                 "logp_worst_change")})
+            steps = sorted({int(st) for r in rs for st in r["checkpoint_evals"]})
+            row["path"] = {"step": [0] + steps, **{x: [0.0] + [_stat([r["checkpoint_evals"][str(st)][x] for r in rs
+                                                                      if str(st) in r["checkpoint_evals"]])["mean"]
+                                                               for st in steps]
+                                                  for x in ("logp_best_change", "logp_worst_change")}}
+            base = _mu_test(state, cell["mu_seed"])
+            for metric in ("accuracy", "reward") if base is not None else ():
+                key = "correct" if metric == "accuracy" else "reward"
+                res = paired_bootstrap(np.stack([_outcome(metric)(r) for r in rs]),
+                                       np.asarray(base["per_prompt"][key], float)[None, :])
+                comps.append({"a": f"{m} K={cell['k']} ({label}; displacement)", "b": f"μ{cell['mu_seed']}",
+                              "metric": metric, **res, "seeds": row["seeds"]})
+        rows.append(row)
+    for a, b in PAIRS:
+        for (ma, la), ca in cells.items():
+            for (mb, lb), cb in cells.items():
+                if (ma, mb) != (a, b) or ca["setting"]["lr"] != cb["setting"]["lr"]:
+                    continue
+                for metric in ("accuracy", "reward"):
+                    res = _paired(ca["runs"], cb["runs"], metric, _outcome(metric))
+                    if res:
+                        comps.append({"a": f"{ma} K={ca['k']} ({la}; displacement)",
+                                      "b": f"{mb} K={cb['k']} ({lb}; displacement)", **res})
+    return rows, comps
 
 
 def _tail_mean(xs: list | None, n: int = 4) -> float | None:
@@ -296,6 +354,19 @@ def pending_units(state: dict, cfg) -> list[str]:
             out.append(f"final {rid}: train + {n_ck} evaluations")
         elif len(rec["checkpoint_evals"]) < n_ck:
             out.append(f"final {rid}: {n_ck - len(rec['checkpoint_evals'])} evaluations")
+    for m, k, setting, mu, s in displacement_units(cfg):
+        rid = run_key(m, k, setting, mu, s)
+        rec = next((r for r in state.get("runs", []) if r["run_id"] == rid), None)
+        if rec is not None and rec.get("diverged"):
+            continue
+        if rec is None:
+            entry = f"displacement {rid}: train + {n_ck} evaluations"
+        elif len(rec["checkpoint_evals"]) < n_ck:
+            entry = f"displacement {rid}: {n_ck - len(rec['checkpoint_evals'])} evaluations"
+        else:
+            continue
+        if not any(p.startswith(f"final {rid}:") for p in out):  # the same run as a pending final run
+            out.append(entry)
     return out
 
 
@@ -315,7 +386,7 @@ def timing(state: dict, pending: list[str]) -> dict:
     for p in pending:
         parts = ([("mu", 1)] if p.startswith("mu") else [("sample", 1)] if p.startswith("sample") else
                  [("sweep_run", 6)] if p.startswith("sweep") else [])
-        if p.startswith("final"):
+        if p.startswith(("final", "displacement")):
             n_eval = int(p.split(": ")[-1].split(" evaluations")[0].split("+ ")[-1])
             parts = ([("final_train", 1)] if "train" in p else []) + [("checkpoint_eval", n_eval)]
         for kind, n in parts:

@@ -160,7 +160,24 @@ def markdown_v2(res: dict) -> str:
         else:
             L.append(f"  - {r['comparison']} {r['metric']} at KL {r['kl_target']:.3f}: {r['mean']:+.4f} "
                      f"[{r['lo']:+.4f}, {r['hi']:+.4f}] (paired bootstrap, {len(r['seeds'])} seeds)")
-    L += ["", f"## Paired comparisons of final runs ({res['n_comparisons']} comparisons; 95 % two-level bootstrap "
+    L += ["", "## Displacement runs (fixed settings, not the sweep's choice: where the best response's likelihood "
+          "falls)", ""]
+    if res.get("displacement"):
+        L += ["Test split, mean ± std over seeds; Δ log π on training prompts, at the end and along training.", "",
+              "| method | K | setting | seeds | accuracy | reward | KL(π‖μ) | Δ log π(best) | Δ log π(worst) | "
+              "Δ log π(best) along training |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for d in res["displacement"]:
+            along = "; ".join(f"{st}: {_n(b, 2)}" for st, b in zip(d["path"]["step"], d["path"]["logp_best_change"])
+                              ) if "path" in d else ""
+            L.append(f"| {d['method']} | {d['k']} | {d['label']} | {d['n_seeds']} | " + (
+                f"{_ms(d['accuracy'])} | {_ms(d['reward'])} | {_ms(d['kl'], 2)} | {_ms(d['logp_best_change'], 2)} | "
+                f"{_ms(d['logp_worst_change'], 2)} | {along} |" if d["n_seeds"] else "| | | | | |"))
+        L.append("")
+        L.append("Their paired intervals (against μ, and between methods at the same lr) are listed with the "
+                 "comparisons below, marked *displacement*.")
+    else:
+        L.append("None in this recipe.")
+    L += ["", f"## Paired comparisons ({res['n_comparisons']} comparisons; 95 % two-level bootstrap "
           "interval, seeds then prompts, unadjusted; p_holm = Holm-adjusted over all of them — read an interval "
           "as separated only if p_holm < 0.05)", ""]
     for c in res["comparisons"]:

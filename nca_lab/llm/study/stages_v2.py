@@ -10,7 +10,8 @@ the grain of one **unit of work**, recorded in ``state.json`` as soon as it fini
 ``sweep``   per (method, K in ``sweep.ks``) a coordinate search over ``sweep.order`` on the first μ with the sweep
             seed, extending a grid while its chosen value is on an edge (unit: a run, evaluated on validation);
 ``seeds``   every final run (unit: a training run, then each of its ``n_checkpoints`` checkpoint evaluations on the
-            test split: accuracy, reward, KL(π‖μ), per-prompt outcomes, Δ log π of the best/worst training response);
+            test split: accuracy, reward, KL(π‖μ), per-prompt outcomes, Δ log π of the best/worst training response),
+            then the recipe's ``displacement`` runs (fixed settings, evaluated the same way);
 ``report``  :func:`nca_lab.llm.study.report_v2.write_report`, on whatever is finished (the rest listed as pending).
 
 Every unit records its wall time and the process CPU time it used (``wall_s``, ``cpu_s``).  A unit cut mid-way
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from nca_lab.llm.study.evaluation import data_statistics, logp_change, read_rows
 from nca_lab.llm.study.recipe import METHODS, train_argv
-from nca_lab.llm.study.recipe_v2 import final_units, run_steps
+from nca_lab.llm.study.recipe_v2 import displacement_units, final_units, run_steps
 from nca_lab.llm.study.shared_state import locked_save
 from nca_lab.llm.study.state import Study, write_json
 from nca_lab.llm.study.stats import mean, select_best
@@ -380,45 +381,61 @@ def _evaluate_checkpoint(study: StudyV2, rec: dict, step: int) -> dict:
 
 
 def stage_seeds(study: StudyV2) -> None:
+    """The final runs (each method at its chosen setting, every final seed) and the recipe's displacement runs
+    (fixed settings on the first μ, after the first K's final runs on the first μ); each trained with
+    checkpoints, then every checkpoint evaluated."""
     cfg = study.cfg
-    total = run_steps(cfg)
-    ckpt_steps = [total // cfg.n_checkpoints * (i + 1) for i in range(cfg.n_checkpoints)]
-    for method, k, mu_seed, seed in final_units(cfg):
-        if method not in study.methods:
+    finals = final_units(cfg)
+    # the displacement runs come right after the first K's final runs on the first μ, before the other μs and K
+    n_first = sum(1 for _, k, mu, _ in finals if (k, mu) == (cfg.ks[0], cfg.mu_seeds[0]))
+    units = ([("final", m, k, None, mu, s) for m, k, mu, s in finals[:n_first]]
+             + [("displacement", *u) for u in displacement_units(cfg)]
+             + [("final", m, k, None, mu, s) for m, k, mu, s in finals[n_first:]])
+    for stage, method, k, setting, mu_seed, seed in units:
+        if method not in study.methods or f"mu{mu_seed}_s{seed}" not in study.state["samples"]:
             continue
-        sel = study.state["selection"].get(f"{method}_k{k}")
-        if not (sel and sel.get("complete")) or f"mu{mu_seed}_s{seed}" not in study.state["samples"]:
-            continue
-        setting = sel["setting"]
-        rid = run_key(method, k, setting, mu_seed, seed)
-        rec = study.find_run(rid)
-        study.use_mu(mu_seed)
-        if rec is None:
-            study.check_time(study.estimate("final_train"))
-            with _timed() as t:
-                rec = _train_or_diverged(study, method, k, setting, mu_seed, seed, "final", checkpoints=True)
-            rec.update(train_wall_s=round(t["wall_s"], 1), train_cpu_s=round(t["cpu_s"], 1))
-            study.record(rec)
-            study.unit_finished("final_train", rid, t["wall_s"], t["cpu_s"])
-        if rec.get("diverged"):  # recorded as diverged (listed by the report); nothing to evaluate
-            continue
-        for step in ckpt_steps:
-            if str(step) in rec["checkpoint_evals"]:
+        if stage == "final":
+            sel = study.state["selection"].get(f"{method}_k{k}")
+            if not (sel and sel.get("complete")):
                 continue
-            study.check_time(study.estimate("checkpoint_eval"))
-            with _timed() as t:
-                ev = _evaluate_checkpoint(study, rec, step)
-            ev.update(wall_s=round(t["wall_s"], 1), cpu_s=round(t["cpu_s"], 1))
-            rec["checkpoint_evals"][str(step)] = ev
-            if step == total:
-                rec.update(test=ev, accuracy=ev["accuracy"], reward=ev["reward"], kl=ev["kl"], kl_se=ev["kl_se"],
-                           logp_best_change=ev["logp_best_change"], logp_worst_change=ev["logp_worst_change"],
-                           eval_split="test")
-            study.record(rec)
-            if step != total:  # the checkpoint's weights are no longer needed once its evaluation is saved
-                shutil.rmtree(_checkpoint_dir(rec, step, total), ignore_errors=True)
-            study.unit_finished("checkpoint_eval", f"{rid}@{step}", t["wall_s"], t["cpu_s"])
-        shutil.rmtree(os.path.join(rec["output_dir"], f"checkpoint-{total}"), ignore_errors=True)
+            setting = sel["setting"]
+        _evaluated_run(study, method, k, setting, mu_seed, seed, stage)
+
+
+def _evaluated_run(study: StudyV2, method: str, k: int, setting: dict, mu_seed: int, seed: int, stage: str) -> None:
+    """Train the run (unless recorded: a displacement setting equal to a final run's is that run) with
+    ``n_checkpoints`` checkpoints, then evaluate each checkpoint not yet evaluated, saving after each unit."""
+    total = run_steps(study.cfg)
+    ckpt_steps = [total // study.cfg.n_checkpoints * (i + 1) for i in range(study.cfg.n_checkpoints)]
+    rid = run_key(method, k, setting, mu_seed, seed)
+    rec = study.find_run(rid)
+    study.use_mu(mu_seed)
+    if rec is None:
+        study.check_time(study.estimate("final_train"))
+        with _timed() as t:
+            rec = _train_or_diverged(study, method, k, setting, mu_seed, seed, stage, checkpoints=True)
+        rec.update(train_wall_s=round(t["wall_s"], 1), train_cpu_s=round(t["cpu_s"], 1))
+        study.record(rec)
+        study.unit_finished("final_train", rid, t["wall_s"], t["cpu_s"])
+    if rec.get("diverged"):  # recorded as diverged (listed by the report); nothing to evaluate
+        return
+    for step in ckpt_steps:
+        if str(step) in rec["checkpoint_evals"]:
+            continue
+        study.check_time(study.estimate("checkpoint_eval"))
+        with _timed() as t:
+            ev = _evaluate_checkpoint(study, rec, step)
+        ev.update(wall_s=round(t["wall_s"], 1), cpu_s=round(t["cpu_s"], 1))
+        rec["checkpoint_evals"][str(step)] = ev
+        if step == total:
+            rec.update(test=ev, accuracy=ev["accuracy"], reward=ev["reward"], kl=ev["kl"], kl_se=ev["kl_se"],
+                       logp_best_change=ev["logp_best_change"], logp_worst_change=ev["logp_worst_change"],
+                       eval_split="test")
+        study.record(rec)
+        if step != total:  # the checkpoint's weights are no longer needed once its evaluation is saved
+            shutil.rmtree(_checkpoint_dir(rec, step, total), ignore_errors=True)
+        study.unit_finished("checkpoint_eval", f"{rid}@{step}", t["wall_s"], t["cpu_s"])
+    shutil.rmtree(os.path.join(rec["output_dir"], f"checkpoint-{total}"), ignore_errors=True)
 
 
 STAGE_FUNCS = {"task": stage_task, "base": stage_base, "sample": stage_sample, "sweep": stage_sweep,
