@@ -89,7 +89,7 @@ def test_report_files_and_matched_kl_fields(tiny_v2):
     assert "## Matched KL" in md and "## Pending (0)" in md and "p_holm" in md
     assert {"final", "paths", "matched_kl", "comparisons", "pending", "timing"} <= set(on_disk)
     for row in on_disk["matched_kl"]:
-        assert {"k", "mu_seed", "kl_target", "fraction"} <= set(row)
+        assert {"k", "mu_seed", "kl_target", "fraction"} <= set(row) and row["reading"] in ("first", "best")
         assert ("method" in row and {"reward", "accuracy", "n_seeds"} <= set(row)) or \
                ("comparison" in row and {"mean", "lo", "hi", "p_two_sided"} <= set(row))
     assert any(" K=4 − " in r.get("comparison", "") for r in on_disk["matched_kl"]) or not any(
@@ -136,6 +136,13 @@ def test_interpolate_path_reads_a_non_monotone_path_where_it_first_reaches_the_k
     assert interpolate_path(pts, 1.0)[0]["reward"] == pytest.approx(0.5)
     assert interpolate_path(pts, 1.5)[0]["reward"] == pytest.approx(0.55)
     assert interpolate_path(pts, 2.0 + 1e-9) is None
+    # the frontier reading: the best of the crossings (KL 1 is crossed on both segments; 1.5 also on both)
+    at, correct, _ = interpolate_path(pts, 1.0, "best")
+    assert at["reward"] == pytest.approx(0.9) and correct.tolist() == pytest.approx([0.9])
+    assert interpolate_path(pts, 1.5, "best")[0]["reward"] == pytest.approx(0.75)
+    assert interpolate_path(pts, 2.0 + 1e-9, "best") is None
+    with pytest.raises(ValueError, match="reading: expected 'first' or 'best'"):
+        interpolate_path(pts, 1.0, "last")
 
 
 def test_holm_adjustment():

@@ -4,7 +4,8 @@
 * ``paths``: per (method, K, μ seed) the checkpoint evaluations, mean over seeds at each step (accuracy, reward,
   KL(π‖μ), Δ log π(best/worst response) on training prompts): the training-time path, starting at μ (step 0);
 * ``matched_kl``: reward and accuracy at equal KL(π‖μ).  Each seed's path (μ at KL 0, then its checkpoints in
-  training order) is read where it first reaches the target KL, interpolated linearly in KL at targets ``f · KL*`` (f = 0.25, 0.5, 0.75, 1), where KL* is the
+  training order) is read at the target KL twice (``reading``): where training first reaches it, and at its
+  best-reward crossing (the frontier) — they differ where KL rises and falls; interpolated linearly in KL at targets ``f · KL*`` (f = 0.25, 0.5, 0.75, 1), where KL* is the
   smallest final-path KL reached by any seed of the compared methods (so no method is extrapolated); per-prompt
   outcomes are interpolated with the same weights, and ``nca − dpo`` and ``infonca − dpo`` at each target get the
   paired two-level bootstrap interval of :func:`nca_lab.llm.study.paired.paired_bootstrap`; so does K = 4 − K = 2
@@ -34,6 +35,8 @@ from nca_lab.llm.study.stats import mean, std
 __all__ = ["build_report", "holm", "interpolate_path", "PAIRS"]
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+# how a path is read at a KL it crosses more than once (see interpolate_path): both are reported
+READINGS = ("first", "best")
 # (a, b) pairs compared at each K: claim (1) reward data, claim (3) NCA vs DPO, the rest for context.
 PAIRS = (("nca", "dpo"), ("infonca", "dpo"), ("nca", "dpo_all"), ("infonca", "dpo_all"), ("nca_pair", "dpo"),
          ("nca", "infonca"))
@@ -57,22 +60,32 @@ def _mu_test(state: dict, mu_seed: int) -> dict | None:
     return (state.get("mus", {}).get(str(mu_seed)) or {}).get("test")
 
 
-def interpolate_path(points: list[dict], target: float) -> tuple[dict, np.ndarray, np.ndarray] | None:
-    """Where a training-time path ``[{step, kl, accuracy, reward, correct[P], prompt_reward[P]}]`` first reaches
-    KL ``target``: walking its points in step order (μ at step 0, KL 0, then the checkpoints), the first segment
-    whose KL range holds ``target``, interpolated linearly in KL.  A path whose KL rises and then falls (NCA's
-    does) is thus read at the earliest time it reaches the target, not by re-sorting its points by KL, which
-    would join checkpoints that are not neighbours in training.  ``None`` when the path never reaches ``target``
-    (beyond its largest KL)."""
+def interpolate_path(points: list[dict], target: float, reading: str = "first"
+                     ) -> tuple[dict, np.ndarray, np.ndarray] | None:
+    """A training-time path ``[{step, kl, accuracy, reward, correct[P], prompt_reward[P]}]`` read at KL ``target``.
+
+    Walking its points in step order (μ at step 0, KL 0, then the checkpoints), every segment whose KL range holds
+    ``target`` is a *crossing*, interpolated linearly in KL.  ``reading="first"``: the first crossing (where
+    training first reaches that KL); ``reading="best"``: the crossing with the highest reward (the path's
+    reward–KL frontier).  The two differ only on a path whose KL rises and falls (NCA's does here); neither
+    re-sorts the points by KL, which would join checkpoints that are not neighbours in training.  ``None`` when
+    the path never reaches ``target`` (beyond its largest KL)."""
+    if reading not in ("first", "best"):
+        raise ValueError(f"reading: expected 'first' or 'best', got {reading!r}")
     pts = sorted(points, key=lambda p: p["step"])
+    found = None
     for a, b in zip(pts, pts[1:]):
         lo, hi = min(a["kl"], b["kl"]), max(a["kl"], b["kl"])
         if lo - 1e-12 <= target <= hi + 1e-12:
             w = 0.0 if b["kl"] == a["kl"] else min(1.0, max(0.0, (target - a["kl"]) / (b["kl"] - a["kl"])))
             mix = lambda x, y: (1 - w) * x + w * y  # noqa: E731
-            return ({"accuracy": mix(a["accuracy"], b["accuracy"]), "reward": mix(a["reward"], b["reward"])},
-                    mix(a["correct"], b["correct"]), mix(a["prompt_reward"], b["prompt_reward"]))
-    return None
+            at = ({"accuracy": mix(a["accuracy"], b["accuracy"]), "reward": mix(a["reward"], b["reward"])},
+                  mix(a["correct"], b["correct"]), mix(a["prompt_reward"], b["prompt_reward"]))
+            if reading == "first":
+                return at
+            if found is None or at[0]["reward"] > found[0]["reward"]:
+                found = at
+    return found
 
 
 def _path(state: dict, rec: dict) -> list[dict]:
@@ -274,15 +287,16 @@ def _matched_kl(state: dict, groups: dict, cfg) -> list[dict]:
             kl_star = min(maxima)
             if not kl_star > 0:  # some method never left μ: no common KL range to compare on
                 continue
-            for f in FRACTIONS:
+            for reading, f in ((r, f) for r in READINGS for f in FRACTIONS):
                 target = f * kl_star
                 at = {}
                 for m, recs in paths.items():
-                    vals = {s: interpolate_path(pts, target) for s, pts in recs.items()}
+                    vals = {s: interpolate_path(pts, target, reading) for s, pts in recs.items()}
                     vals = {s: v for s, v in vals.items() if v is not None}
                     if vals:
                         at[m] = vals
-                        rows.append({"k": k, "mu_seed": mu, "kl_target": target, "fraction": f, "method": m,
+                        rows.append({"k": k, "mu_seed": mu, "kl_target": target, "fraction": f, "reading": reading,
+                                     "method": m,
                                      "n_seeds": len(vals), "n_seeds_at_mu": len(present[m]) - len(paths[m]),
                                      "reward": _stat([v[0]["reward"] for v in vals.values()]),
                                      "accuracy": _stat([v[0]["accuracy"] for v in vals.values()])})
@@ -295,7 +309,8 @@ def _matched_kl(state: dict, groups: dict, cfg) -> list[dict]:
                             res = paired_bootstrap(np.stack([at[a][s][idx] for s in seeds]),
                                                    np.stack([at[b][s][idx] for s in seeds]))
                             rows.append({"k": k, "mu_seed": mu, "kl_target": target, "fraction": f,
-                                         "comparison": f"{a} − {b}", "metric": metric, "seeds": seeds, **res})
+                                         "reading": reading, "comparison": f"{a} − {b}", "metric": metric,
+                                         "seeds": seeds, **res})
     rows += _matched_kl_k4_vs_k2(state, groups, cfg)
     return rows
 
@@ -319,14 +334,15 @@ def _matched_kl_k4_vs_k2(state: dict, groups: dict, cfg) -> list[dict]:
             if not seeds:
                 continue
             kl_star = min(max(p["kl"] for p in pts) for pts in [*p4.values(), *p2.values()])
-            for f in FRACTIONS:
-                a = {s: interpolate_path(p4[s], f * kl_star) for s in seeds}
-                b = {s: interpolate_path(p2[s], f * kl_star) for s in seeds}
+            for reading, f in ((r, f) for r in READINGS for f in FRACTIONS):
+                a = {s: interpolate_path(p4[s], f * kl_star, reading) for s in seeds}
+                b = {s: interpolate_path(p2[s], f * kl_star, reading) for s in seeds}
                 ok = [s for s in seeds if a[s] is not None and b[s] is not None]
                 for metric, idx in (("accuracy", 1), ("reward", 2)):
                     if ok:
                         res = paired_bootstrap(np.stack([a[s][idx] for s in ok]), np.stack([b[s][idx] for s in ok]))
                         rows.append({"k": "4 vs 2", "mu_seed": mu, "kl_target": f * kl_star, "fraction": f,
+                                     "reading": reading,
                                      "comparison": f"{m} K=4 − {m} K=2", "metric": metric, "seeds": ok, **res})
     return rows
 

@@ -82,11 +82,13 @@ def _figures(rep: dict, cfg, fig_dir: Path, prefix: str) -> list[str]:
         for j, metric in enumerate(("accuracy", "reward")):
             ax = axes[i][j]
             for m in cfg.methods:
-                rr = [r for r in rows if r["k"] == k and r["method"] == m]
-                if rr:
-                    ax.errorbar([r["kl_target"] for r in rr], [r[metric]["mean"] for r in rr],
-                                yerr=[r[metric]["std"] for r in rr], fmt="o-", capsize=3,
-                                color=COLORS.get(m, "k"), label=m)
+                for reading, fmt in (("first", "o-"), ("best", "s--")):
+                    rr = [r for r in rows if r["k"] == k and r["method"] == m and r.get("reading", "first") == reading]
+                    if rr:
+                        ax.errorbar([r["kl_target"] for r in rr], [r[metric]["mean"] for r in rr],
+                                    yerr=[r[metric]["std"] for r in rr], fmt=fmt, capsize=3,
+                                    color=COLORS.get(m, "k"), label=f"{m} ({reading} reached)" if reading == "first"
+                                    else f"{m} (best crossing)")
             ax.set_xlabel("matched KL(π‖μ) [nats]")
             ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
             ax.set_title(f"K = {k}: at equal KL")
@@ -152,13 +154,15 @@ def markdown_v2(res: dict) -> str:
         L.append(f"- {p['method']} K={p['k']} μ{p['mu_seed']}: " + "; ".join(
             f"step {s}: acc {_n(a)}, reward {_n(r)}, KL {_n(kl, 2)}, Δlogπ(best) {_n(b, 2)}"
             for s, a, r, kl, b in zip(p["step"], p["accuracy"], p["reward"], p["kl"], p["logp_best_change"])))
-    L += ["", "## Matched KL (interpolated along each seed's training-time path)", ""]
+    L += ["", "## Matched KL (each seed's training-time path read at the target KL: *first* = where training first "
+          "reaches it, *best* = its best-reward crossing; they differ where KL rises and falls)", ""]
     for r in res["matched_kl"]:
         if "method" in r:
-            L.append(f"- K={r['k']} μ{r['mu_seed']} KL {r['kl_target']:.3f}: {r['method']} reward {_ms(r['reward'])}, "
-                     f"accuracy {_ms(r['accuracy'])} (n = {r['n_seeds']})")
+            L.append(f"- K={r['k']} μ{r['mu_seed']} KL {r['kl_target']:.3f} ({r.get('reading', 'first')}): "
+                     f"{r['method']} reward {_ms(r['reward'])}, accuracy {_ms(r['accuracy'])} (n = {r['n_seeds']})")
         else:
-            L.append(f"  - {r['comparison']} {r['metric']} at KL {r['kl_target']:.3f}: {r['mean']:+.4f} "
+            L.append(f"  - {r['comparison']} {r['metric']} at KL {r['kl_target']:.3f} ({r.get('reading', 'first')}): "
+                     f"{r['mean']:+.4f} "
                      f"[{r['lo']:+.4f}, {r['hi']:+.4f}] (paired bootstrap, {len(r['seeds'])} seeds)")
     L += ["", "## Displacement runs (fixed settings, not the sweep's choice: where the best response's likelihood "
           "falls)", ""]
