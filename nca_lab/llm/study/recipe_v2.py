@@ -40,7 +40,8 @@ _BASE_KEYS = {"size", "n_train", "error_rate", "steps", "batch_size", "lr", "wei
 _DATA_KEYS = {"n_prompts", "k", "temperature", "max_new_tokens", "batch_size"}
 _EVAL_KEYS = {"n_validation", "n_test", "n_samples", "max_new_tokens", "batch_size", "seed", "n_logp_prompts"}
 _SWEEP_KEYS = {"seed", "ks", "order", "max_extend", "selection"}
-_GRID_KEYS = {"lr", "beta", "alpha", "margin", "sft_weight"}
+# the swept hyperparameters, in the order run ids and labels name them
+GRID_KEYS = ("lr", "beta", "alpha", "margin", "sft_weight")
 _RESULT_KEYS = {"dir", "name", "figures_dir", "figures_prefix"}
 
 
@@ -111,7 +112,7 @@ def load_v2_config(path: str | os.PathLike) -> StudyV2Config:
             raise ValueError(f"{where}: methods: unknown method {m!r}; known: {', '.join(METHODS)}")
         if m not in cfg.grids:
             raise ValueError(f"{where}: grids: no grid for method {m!r}")
-        _check_keys(f"{where}: grids.{m}", cfg.grids[m], _GRID_KEYS)
+        _check_keys(f"{where}: grids.{m}", cfg.grids[m], set(GRID_KEYS))
         if "lr" not in cfg.grids[m]:
             raise ValueError(f"{where}: grids.{m}: needs an lr list (the learning rate is swept in v2)")
         for name, values in cfg.grids[m].items():

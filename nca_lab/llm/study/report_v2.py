@@ -5,8 +5,8 @@
   KL(π‖μ), Δ log π(best/worst response) on training prompts): the training-time path, starting at μ (step 0);
 * ``matched_kl``: reward and accuracy at equal KL(π‖μ).  Each seed's path (μ at KL 0, then its checkpoints in
   training order) is read at the target KL twice (``reading``): where training first reaches it, and at its
-  best-reward crossing (the frontier) — they differ where KL rises and falls; interpolated linearly in KL at targets ``f · KL*`` (f = 0.25, 0.5, 0.75, 1), where KL* is the
-  smallest final-path KL reached by any seed of the compared methods (so no method is extrapolated); per-prompt
+  best-reward crossing (the frontier) — they differ where KL rises and falls; interpolated linearly in KL at
+  targets ``f · KL*`` (f = 0.25, 0.5, 0.75, 1), where KL* is the smallest final-path KL reached by any seed of the compared methods (so no method is extrapolated); per-prompt
   outcomes are interpolated with the same weights, and ``nca − dpo`` and ``infonca − dpo`` at each target get the
   paired two-level bootstrap interval of :func:`nca_lab.llm.study.paired.paired_bootstrap`; so does K = 4 − K = 2
   of every method (paired by seed, targets from the KL range both K reach);
@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from nca_lab.llm.study.paired import paired_bootstrap
-from nca_lab.llm.study.recipe_v2 import displacement_units, final_units, run_steps
+from nca_lab.llm.study.recipe_v2 import GRID_KEYS, displacement_units, final_units, run_steps
 from nca_lab.llm.study.stats import mean, std
 
 __all__ = ["build_report", "holm", "interpolate_path", "PAIRS"]
@@ -70,7 +70,7 @@ def interpolate_path(points: list[dict], target: float, reading: str = "first"
     reward–KL frontier).  The two differ only on a path whose KL rises and falls (NCA's does here); neither
     re-sorts the points by KL, which would join checkpoints that are not neighbours in training.  ``None`` when
     the path never reaches ``target`` (beyond its largest KL)."""
-    if reading not in ("first", "best"):
+    if reading not in READINGS:
         raise ValueError(f"reading: expected 'first' or 'best', got {reading!r}")
     pts = sorted(points, key=lambda p: p["step"])
     found = None
@@ -196,7 +196,7 @@ def build_report(state: dict, cfg) -> dict:
 
 
 def _setting_label(setting: dict) -> str:
-    return ", ".join(f"{k} {setting[k]:g}" for k in ("lr", "beta", "alpha", "margin", "sft_weight") if k in setting)
+    return ", ".join(f"{k} {setting[k]:g}" for k in GRID_KEYS if k in setting)
 
 
 def _displacement(state: dict, cfg) -> tuple[list[dict], list[dict]]:
@@ -357,32 +357,31 @@ def pending_units(state: dict, cfg) -> list[str]:
     out += [f"sweep {m}_k{k}" for k in cfg.sweep.get("ks", cfg.ks) for m in cfg.methods
             if not sel.get(f"{m}_k{k}", {}).get("complete")]
     n_ck = cfg.n_checkpoints
+    by_id = {r["run_id"]: r for r in state.get("runs", [])}
+
+    def unfinished(kind: str, rid: str) -> str | None:
+        """``kind rid: what is left``, or None for a finished run (a divergence counts as finished: it is listed
+        under "diverged")."""
+        rec = by_id.get(rid)
+        if rec is None:
+            return f"{kind} {rid}: train + {n_ck} evaluations"
+        if not rec.get("diverged") and len(rec["checkpoint_evals"]) < n_ck:
+            return f"{kind} {rid}: {n_ck - len(rec['checkpoint_evals'])} evaluations"
+        return None
+
+    finals = set()
     for m, k, mu, s in final_units(cfg):
         chosen = sel.get(f"{m}_k{k}", {})
         if not chosen.get("complete"):
             out.append(f"final {m}_k{k}_mu{mu}_seed{s} (setting not chosen yet): train + {n_ck} evaluations")
             continue
         rid = run_key(m, k, chosen["setting"], mu, s)
-        rec = next((r for r in state.get("runs", []) if r["run_id"] == rid), None)
-        if rec is not None and rec.get("diverged"):
-            continue  # finished, as a divergence (listed under "diverged")
-        if rec is None:
-            out.append(f"final {rid}: train + {n_ck} evaluations")
-        elif len(rec["checkpoint_evals"]) < n_ck:
-            out.append(f"final {rid}: {n_ck - len(rec['checkpoint_evals'])} evaluations")
+        finals.add(rid)
+        out += [e for e in [unfinished("final", rid)] if e]
     for m, k, setting, mu, s in displacement_units(cfg):
         rid = run_key(m, k, setting, mu, s)
-        rec = next((r for r in state.get("runs", []) if r["run_id"] == rid), None)
-        if rec is not None and rec.get("diverged"):
-            continue
-        if rec is None:
-            entry = f"displacement {rid}: train + {n_ck} evaluations"
-        elif len(rec["checkpoint_evals"]) < n_ck:
-            entry = f"displacement {rid}: {n_ck - len(rec['checkpoint_evals'])} evaluations"
-        else:
-            continue
-        if not any(p.startswith(f"final {rid}:") for p in out):  # the same run as a pending final run
-            out.append(entry)
+        if rid not in finals:  # a displacement setting equal to a final run's is that run, listed once
+            out += [e for e in [unfinished("displacement", rid)] if e]
     return out
 
 

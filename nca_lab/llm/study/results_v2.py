@@ -82,13 +82,12 @@ def _figures(rep: dict, cfg, fig_dir: Path, prefix: str) -> list[str]:
         for j, metric in enumerate(("accuracy", "reward")):
             ax = axes[i][j]
             for m in cfg.methods:
-                for reading, fmt in (("first", "o-"), ("best", "s--")):
+                for reading, fmt, name in (("first", "o-", "first reached"), ("best", "s--", "best crossing")):
                     rr = [r for r in rows if r["k"] == k and r["method"] == m and r.get("reading", "first") == reading]
                     if rr:
                         ax.errorbar([r["kl_target"] for r in rr], [r[metric]["mean"] for r in rr],
                                     yerr=[r[metric]["std"] for r in rr], fmt=fmt, capsize=3,
-                                    color=COLORS.get(m, "k"), label=f"{m} ({reading} reached)" if reading == "first"
-                                    else f"{m} (best crossing)")
+                                    color=COLORS.get(m, "k"), label=f"{m} ({name})")
             ax.set_xlabel("matched KL(π‖μ) [nats]")
             ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
             ax.set_title(f"K = {k}: at equal KL")

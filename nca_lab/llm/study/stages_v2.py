@@ -31,7 +31,7 @@ from pathlib import Path
 
 from nca_lab.llm.study.evaluation import data_statistics, logp_change, read_rows
 from nca_lab.llm.study.recipe import METHODS, train_argv
-from nca_lab.llm.study.recipe_v2 import displacement_units, final_units, run_steps
+from nca_lab.llm.study.recipe_v2 import GRID_KEYS, displacement_units, final_units, run_steps
 from nca_lab.llm.study.shared_state import locked_save
 from nca_lab.llm.study.state import Study, write_json
 from nca_lab.llm.study.stats import mean, select_best
@@ -45,7 +45,7 @@ class StopStudy(Exception):
 
 def setting_key(setting: dict) -> str:
     """Short stable name of a v2 setting, the learning rate included, e.g. ``lr0.0003_beta1_alpha0.1``."""
-    return "_".join(f"{k}{setting[k]:g}" for k in ("lr", "beta", "alpha", "margin", "sft_weight") if k in setting)
+    return "_".join(f"{k}{setting[k]:g}" for k in GRID_KEYS if k in setting)
 
 
 def run_key(method: str, k: int, setting: dict, mu_seed: int, seed: int) -> str:
