@@ -228,7 +228,8 @@ def write_report(study) -> dict:
            "per_prompt_outcomes": f"in {study.state_path} (every evaluation: μ, sweep runs, checkpoints)"}
     res = _strip_per_prompt(res)
     res["figures"] = _figures(rep, cfg, Path(study.figures_dir), prefix)
+    res = repo_relative(res)  # both files: a recorded result must not name the folders of the machine it ran on
     study.results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(study.results_dir / f"{name}.json", repo_relative(res))
+    write_json(study.results_dir / f"{name}.json", res)
     (study.results_dir / f"{name}.md").write_text(markdown_v2(json_safe(res)))
     return res
