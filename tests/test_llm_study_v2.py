@@ -169,6 +169,32 @@ def test_cpu_v2_recipe_regime():
         assert all(len(v) >= 3 for v in grid.values())  # the middle value starts the search, not an edge
 
 
+def test_final_runs_do_every_k_on_the_first_mu_before_the_other_mus():
+    cfg = load_v2_config(recipe_path("cpu_v2"))
+    units = final_units(cfg)
+    assert len(units) == len(set(units)) == (len(cfg.methods) + len(cfg.headline)) * len(cfg.ks) * len(cfg.seeds)
+    first_mu = [u[2] == cfg.mu_seeds[0] for u in units]
+    assert first_mu == sorted(first_mu, reverse=True)  # every first-μ run precedes every other-μ run
+    ks_first = [u[1] for u in units if u[2] == cfg.mu_seeds[0]]
+    assert ks_first == sorted(ks_first, key=cfg.ks.index)  # K by K, in the recipe's order
+    assert {u[0] for u in units if u[2] != cfg.mu_seeds[0]} == set(cfg.headline)
+
+
+def test_the_seeds_stage_alone_inherits_the_swept_choice_for_the_other_k():
+    """A process started with --stages seeds after the sweep finished runs the K without a sweep of its own."""
+    from types import SimpleNamespace
+
+    from nca_lab.llm.study.stages_v2 import _inherit_selections
+
+    cfg = load_v2_config(recipe_path("cpu_v2"))
+    chosen = {"setting": {"lr": 1e-4, "beta": 0.3, "alpha": 0.3}, "complete": True}
+    study = SimpleNamespace(cfg=cfg, methods=["nca", "dpo"],
+                            state={"selection": {"nca_k4": chosen, "dpo_k4": {"setting": {}, "complete": False}}})
+    _inherit_selections(study)
+    assert study.state["selection"]["nca_k2"] == {**chosen, "inherited_from": "nca_k4"}
+    assert "dpo_k2" not in study.state["selection"]  # an unfinished sweep passes nothing on
+
+
 def test_a_diverged_run_is_recorded_and_never_chosen(monkeypatch, tmp_path):
     from types import SimpleNamespace
 

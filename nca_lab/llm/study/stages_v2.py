@@ -355,12 +355,20 @@ def stage_sweep(study: StudyV2) -> None:
                                              "on_edge": [e["param"] for e in log if e["on_edge"]],
                                              "coordinate_log": log, "metric": f"validation {sw.get('selection', 'reward')}"}
             study.save()
-    for k in cfg.ks:  # K values without a sweep of their own use the first swept K's setting
-        for method in study.methods:
-            src = f"{method}_k{sw.get('ks', cfg.ks)[0]}"
-            if f"{method}_k{k}" not in study.state["selection"] and study.state["selection"].get(src, {}).get("complete"):
-                study.state["selection"][f"{method}_k{k}"] = {**study.state["selection"][src], "inherited_from": src}
+    _inherit_selections(study)
     study.save()
+
+
+def _inherit_selections(study: StudyV2) -> None:
+    """K values without a sweep of their own use the first swept K's completed choice (also done by the seeds
+    stage, so that a process started with ``--stages seeds`` after the sweep has finished runs them too)."""
+    cfg, sel = study.cfg, study.state["selection"]
+    swept = cfg.sweep.get("ks", cfg.ks)[0]
+    for k in cfg.ks:
+        for method in study.methods:
+            src = f"{method}_k{swept}"
+            if f"{method}_k{k}" not in sel and sel.get(src, {}).get("complete"):
+                sel[f"{method}_k{k}"] = {**sel[src], "inherited_from": src}
 
 
 def _checkpoint_dir(rec: dict, step: int, total: int) -> str:
@@ -385,6 +393,7 @@ def stage_seeds(study: StudyV2) -> None:
     (fixed settings on the first μ, after the first K's final runs on the first μ); each trained with
     checkpoints, then every checkpoint evaluated."""
     cfg = study.cfg
+    _inherit_selections(study)
     finals = final_units(cfg)
     # the displacement runs come right after the first K's final runs on the first μ, before the other μs and K
     n_first = sum(1 for _, k, mu, _ in finals if (k, mu) == (cfg.ks[0], cfg.mu_seeds[0]))
