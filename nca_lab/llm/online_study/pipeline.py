@@ -38,6 +38,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nca_lab.llm.study.state import write_json  # strict JSON (NaN -> null), written atomically
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STAGES = ("base", "probe", "runs", "report")
 
@@ -104,12 +106,6 @@ SCALES = {
                               max_new_tokens=16, max_length=64, lrs=(1e-3,), seeds=(1,), n_validation=4,
                               n_test=6, eval_samples=2, eval_batch_size=8, workers=1),
 }
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: a cut never leaves half a state file
 
 
 def run_id(method: str, lr: float, seed: int, split: str) -> str:

@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nca_lab.llm.study.state import write_json  # strict JSON (NaN -> null), written atomically
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STAGES = ("base", "sample", "probe", "seeds", "report")
 METHODS = {"dpo": "dpo", "nca": "nca", "infonca": "infonca"}  # method -> registry loss (dpo: best vs worst)
@@ -74,12 +76,6 @@ SCALES = {
                             train_flags={"lora": True, "shared_prompt": True, "batch_size": 4, "epochs": 1,
                                          "lr": 5e-4, "max_length": 256, "logging_steps": 1, "warmup_ratio": 0.0}),
 }
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: a cut never leaves half a state file
 
 
 class Experiment:

@@ -43,7 +43,9 @@ def summarise(exp: Experiment) -> dict:
     base = exp.state.get("base", {}).get("test")
     out = {"methods": {}, "vs_base": {}, "vs_dpo": {}}
     for m, rs in finals.items():
-        out["methods"][m] = {key: [r[key] for r in rs] for key in
+        # state.json is strict JSON: a value that could not be measured (e.g. Δ log π over no prompts) is null
+        # there, and NaN again here, so that tables print "nan" and plots leave the point out
+        out["methods"][m] = {key: [float("nan") if r[key] is None else r[key] for r in rs] for key in
                              ("seed", "beta", "accuracy", "reward", "kl", "logp_best_change", "logp_worst_change")}
         if base:
             out["vs_base"][m] = {key: paired_ci(_outcomes(rs, key), [base["per_prompt"][key]])
