@@ -367,12 +367,35 @@ def test_batched_inputs_match_rowwise():
         lambda m, x: T.bt_win_probability(m, x),
         lambda m, x: T.cpl_bias(m, x, 0.7, 0.5),
         lambda m, x: T.cpl_bias(m, x, 0.7, 0.5, include_identical=False),
+        lambda m, x: T.nca_self_normalisation(m, x),
     ):
         batched = fn(mu, r)
         rows = np.stack([fn(mu[i], r[i]) for i in range(3)])
+        assert np.shape(batched) == rows.shape  # one value per row, not one pooled over the rows
         np.testing.assert_allclose(batched, rows, rtol=0, atol=1e-14)
     # one mu broadcast against several reward rows
     np.testing.assert_allclose(T.nca_optimum(mu[0], r, 0.7, 3), T.nca_optimum(np.tile(mu[0], (3, 1)), r, 0.7, 3))
+
+
+@pytest.mark.parametrize("fn, enumerated, integral", [
+    (lambda *a, **kw: T.nca_loo_constant(*a, **kw), "_inverse_mean_enumerated", "_inverse_mean_integral"),
+    (lambda *a, **kw: T.nca_optimum(*a, **kw), "_nca_ratio_enumerated", "_nca_ratio_integral"),
+])
+def test_method_runs_the_algorithm_it_names(monkeypatch, fn, enumerated, integral):
+    """The two exact algorithms agree to ~1e-15, so only their calls tell which one ran: "enumerate" and
+    "integral" run the one they name and never the other, and the default ("auto") enumerates a few multisets."""
+    mu, r, alpha, K = np.array([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 2.0]), 0.7, 3
+    expect = float(np.ravel(fn(mu, r, alpha, K, method="enumerate"))[0])
+    for name, runs in ((integral, ("enumerate", None)), (enumerated, ("integral",))):
+        with monkeypatch.context() as m:
+            def refuse(*args, _name=name):
+                raise AssertionError(f"{_name} called")
+            m.setattr(T, name, refuse)
+            for method in runs:
+                got = fn(mu, r, alpha, K) if method is None else fn(mu, r, alpha, K, method=method)
+                assert float(np.ravel(got)[0]) == pytest.approx(expect, abs=1e-12)
+            with pytest.raises(AssertionError, match=f"{name} called"):
+                fn(mu, r, alpha, K, method="enumerate" if name == enumerated else "integral")
 
 
 @pytest.mark.parametrize(
