@@ -377,6 +377,21 @@ def test_batched_inputs_match_rowwise():
     np.testing.assert_allclose(T.nca_optimum(mu[0], r, 0.7, 3), T.nca_optimum(np.tile(mu[0], (3, 1)), r, 0.7, 3))
 
 
+def test_cpl_solvers_run_without_warnings():
+    """The CPL optima call scipy with the options it documents: an unknown option, or a method that ignores the
+    Hessian it is given, would warn (OptimizeWarning / RuntimeWarning) while the Newton polish hides it in the
+    value; a library function must not warn on valid input."""
+    import warnings
+
+    mu, r = np.array([0.2, 0.5, 0.3]), np.array([1.0, -0.5, 2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        T.cpl_policy_optimum(mu, r, 0.8, 0.5)
+        T.cpl_policy_optimum(mu, r, 0.8, 0.5, include_identical=False)
+        T.cpl_bandit_optimum(r, 0.8)
+        T.cpl_bandit_optimum(r, 0.8, lam=0.6, mu_pairs=mu)
+
+
 @pytest.mark.parametrize("fn, enumerated, integral", [
     (lambda *a, **kw: T.nca_loo_constant(*a, **kw), "_inverse_mean_enumerated", "_inverse_mean_integral"),
     (lambda *a, **kw: T.nca_optimum(*a, **kw), "_nca_ratio_enumerated", "_nca_ratio_integral"),
