@@ -392,6 +392,14 @@ def test_cpl_solvers_run_without_warnings():
         T.cpl_bandit_optimum(r, 0.8, lam=0.6, mu_pairs=mu)
 
 
+def test_cpl_policy_optimum_says_when_its_newton_steps_do_not_converge(monkeypatch):
+    """Newton steps that never shrink below 1e-9 (here every solve returns a step of 1e-6) end in a RuntimeError
+    that names the last step, never in a silently inexact optimum."""
+    monkeypatch.setattr(T.np.linalg, "solve", lambda h, g: np.full(len(g), 1e-6))
+    with pytest.raises(RuntimeError, match=r"cpl_policy_optimum did not converge: last Newton step 1e-06"):
+        T.cpl_policy_optimum(np.array([0.2, 0.5, 0.3]), np.array([1.0, -0.5, 2.0]), 0.8, 0.5)
+
+
 @pytest.mark.parametrize("fn, enumerated, integral", [
     (lambda *a, **kw: T.nca_loo_constant(*a, **kw), "_inverse_mean_enumerated", "_inverse_mean_integral"),
     (lambda *a, **kw: T.nca_optimum(*a, **kw), "_nca_ratio_enumerated", "_nca_ratio_integral"),

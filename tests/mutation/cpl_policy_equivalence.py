@@ -4,7 +4,7 @@ convex and decreasing composed with concave), so every start reaches the same mi
 the start z0); and the Newton steps that follow scipy's trust-exact polish its result until the step is below
 1e-12, so trust-exact's own options (67, 73: default gtol; 84: the method's name in capitals, which scipy
 lower-cases; 90: maxiter 1001) and one more allowed Newton step (93) leave the result unchanged; so do the
-changes to the Newton stopping rule (106, 107, 109-113): where a result moves by more than 1e-13, both it and the
+changes to the Newton stopping rule (106, 107, 109-114, and 118: `<=` for the final `< 1e-9` check): where a result moves by more than 1e-13, both it and the
 original are compared with the optimum computed to 40 digits by mpmath, and both stay within the documented 1e-9.
 
 Run from ``mutants/`` after a mutmut run
@@ -65,7 +65,7 @@ def exact(i: int, start: np.ndarray) -> np.ndarray:
 
 os.environ["MUTANT_UNDER_TEST"] = ""
 base = run()
-for n in [int(a) for a in sys.argv[1:]] or (57, 58, 60, 67, 73, 84, 90, 93, 106, 107, 109, 110, 111, 112, 113,
+for n in [int(a) for a in sys.argv[1:]] or (57, 58, 60, 67, 73, 84, 90, 93, 106, 107, 109, 110, 111, 112, 113, 114, 118,
                                              56, 61, 62):
     os.environ["MUTANT_UNDER_TEST"] = f"nca_lab.theory.x_cpl_policy_optimum__mutmut_{n}"
     try:
