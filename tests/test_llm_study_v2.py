@@ -95,8 +95,12 @@ def test_report_files_and_matched_kl_fields(tiny_v2):
     assert any(" K=4 − " in r.get("comparison", "") for r in on_disk["matched_kl"]) or not any(
         "method" in r for r in on_disk["matched_kl"])  # K = 4 vs K = 2 at matched KL whenever paths moved
     assert all("p_holm" in c for c in on_disk["comparisons"])
-    for name in ("paths", "logp_best", "matched_kl"):
+    for name in ("paths", "logp_best"):
         assert (out / "figures" / f"llm_tiny_v2_{name}.png").is_file()
+    # the matched-KL figure exists exactly when some path on the first μ left μ: a tiny μ whose K samples all tie
+    # in reward gives every run a zero gradient (KL 0 throughout), and then there is nothing to match
+    moved = any("method" in r and r["mu_seed"] == 0 for r in on_disk["matched_kl"])
+    assert (out / "figures" / "llm_tiny_v2_matched_kl.png").is_file() == moved
     path = next(p for p in on_disk["paths"] if p["method"] == "nca" and p["k"] == 4 and p["mu_seed"] == 0)
     assert path["step"][0] == 0 and path["kl"][0] == 0.0 and len(path["step"]) == 3
     # every sweep run is listed (tuning runs: exploratory), with its end-of-training log-ratios from its trajectory
@@ -167,17 +171,6 @@ def test_cpu_v2_recipe_regime():
                            "figures_prefix": "llm_cpu_v2"}
     for grid in cfg.grids.values():
         assert all(len(v) >= 3 for v in grid.values())  # the middle value starts the search, not an edge
-
-
-def test_final_runs_do_every_k_on_the_first_mu_before_the_other_mus():
-    cfg = load_v2_config(recipe_path("cpu_v2"))
-    units = final_units(cfg)
-    assert len(units) == len(set(units)) == (len(cfg.methods) + len(cfg.headline)) * len(cfg.ks) * len(cfg.seeds)
-    first_mu = [u[2] == cfg.mu_seeds[0] for u in units]
-    assert first_mu == sorted(first_mu, reverse=True)  # every first-μ run precedes every other-μ run
-    ks_first = [u[1] for u in units if u[2] == cfg.mu_seeds[0]]
-    assert ks_first == sorted(ks_first, key=cfg.ks.index)  # K by K, in the recipe's order
-    assert {u[0] for u in units if u[2] != cfg.mu_seeds[0]} == set(cfg.headline)
 
 
 def test_the_seeds_stage_alone_inherits_the_swept_choice_for_the_other_k():
@@ -390,7 +383,8 @@ def test_figures_draw_only_the_ks_that_have_runs(tiny_v2, tmp_path):
     k4 = {**rep, "paths": [p for p in rep["paths"] if p["k"] == 4],
           "matched_kl": [r for r in rep["matched_kl"] if r["k"] == 4]}
     files = _figures(k4, load_v2_config(recipe_path("tiny_v2")), tmp_path, "k4")
-    for name in ("paths", "matched_kl"):
+    moved = any("method" in r and r["mu_seed"] == 0 for r in k4["matched_kl"])  # see the test above
+    for name in ("paths", "matched_kl") if moved else ("paths",):
         assert str(tmp_path / f"k4_{name}.png") in [str(f) for f in files]
         full = Image.open(out / "figures" / f"llm_tiny_v2_{name}.png").size
         part = Image.open(tmp_path / f"k4_{name}.png").size

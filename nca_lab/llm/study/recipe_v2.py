@@ -150,11 +150,14 @@ def run_steps(cfg: StudyV2Config) -> int:
 
 
 def final_units(cfg: StudyV2Config) -> list[tuple[str, int, int, int]]:
-    """Every final run ``(method, K, μ seed, seed)`` in run order: every K on the first μ (K by K, seed-major, so a
-    cut leaves every method with the same seeds), then the headline methods on the other μs. Every claim thus has
-    its runs on the first μ before the other μs repeat the headline comparison."""
-    first = [(m, k, cfg.mu_seeds[0], s) for k in cfg.ks for s in cfg.seeds for m in cfg.methods]
-    return first + [(m, k, mu, s) for k in cfg.ks for mu in cfg.mu_seeds[1:] for s in cfg.seeds for m in cfg.headline]
+    """Every final run ``(method, K, μ seed, seed)`` in run order: the first μ at the first K (seed-major, so a cut
+    leaves every method with the same seeds), then the headline methods on the other μs at that K, then the same
+    for the next K."""
+    out = []
+    for k in cfg.ks:
+        out += [(m, k, cfg.mu_seeds[0], s) for s in cfg.seeds for m in cfg.methods]
+        out += [(m, k, mu, s) for mu in cfg.mu_seeds[1:] for s in cfg.seeds for m in cfg.headline]
+    return out
 
 
 def _check_displacement(where: str, cfg: StudyV2Config) -> None:
