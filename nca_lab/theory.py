@@ -227,7 +227,8 @@ def _multiset_counts(n_draws: int, n_items: int) -> np.ndarray:
     bars = np.fromiter(
         itertools.chain.from_iterable(itertools.combinations(range(n_slots), n_items - 1)),
         dtype=np.int64,
-    ).reshape(-1, n_items - 1)
+        # the row count is explicit: with one item there are no bars and reshape(-1, 0) cannot infer it
+    ).reshape(n_multisets(n_draws, n_items), n_items - 1)
     edges = np.concatenate(
         [np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), n_slots)], axis=1
     )

@@ -129,12 +129,17 @@ def test_cpl_population_loss_value_is_the_pair_expectation(Y, alpha, lam, seed):
     Tolerance: Y² ≤ 25 terms of size O(10): 1e-12 relative."""
     mu, r = random_instance(seed, Y)
     logpi = np.log(mu) + np.random.default_rng(seed).normal(size=Y)
-    expect = 0.0
+    expect = expect_distinct = 0.0
     for a, b in itertools.product(range(Y), repeat=2):
         p = 1.0 / (1.0 + math.exp(-(r[a] - r[b])))
         loss = lambda w, l: -log_sigmoid(alpha * logpi[w] - lam * alpha * logpi[l])  # noqa: E731
-        expect += mu[a] * mu[b] * (p * loss(a, b) + (1 - p) * loss(b, a))
+        term = mu[a] * mu[b] * (p * loss(a, b) + (1 - p) * loss(b, a))
+        expect += term
+        expect_distinct += term if a != b else 0.0
     assert float(theory.cpl_population_loss(logpi, mu, r, alpha, lam)) == pytest.approx(expect, rel=1e-12)
+    # include_identical=False drops the draws y1 = y2 (and nothing else)
+    got = float(theory.cpl_population_loss(logpi, mu, r, alpha, lam, include_identical=False))
+    assert got == pytest.approx(expect_distinct, rel=1e-12)
     # the same expectation through the registry loss and the toy world's BT labels
     assert float(population_loss("cpl", logpi, mu, r, 2, "bt", alpha=alpha, lam=lam)) == pytest.approx(expect, rel=1e-12)
 

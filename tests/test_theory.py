@@ -475,6 +475,7 @@ def test_method_runs_the_algorithm_it_names(monkeypatch, fn, enumerated, integra
         # a value that is not a number at all gets its own message, naming it
         (lambda: T.rdpo_per_sample_loss(0.3, "a"), "eps must be a number in [0, 1/2), got 'a'"),
         (lambda: T.rdpo_expected_loss(0.3, None), "eps must be a number in [0, 1/2), got None"),
+        (lambda: T.cpl_policy_optimum([0.5, 0.5], [0.0, 1.0], 1.0, lam="half"), "lam must be a number in (0, 1], got 'half'"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_field(call, field):
@@ -496,3 +497,24 @@ def test_rdpo_losses_compute_in_float64_whatever_the_input_dtype():
     expected = T.rdpo_expected_loss(h32, eps)
     assert expected.dtype == np.float64
     np.testing.assert_allclose(expected, np.logaddexp(0.0, -h64), rtol=1e-14, atol=1e-14)  # Proposition 11
+
+
+@pytest.mark.parametrize("n_draws, n_items", [(0, 1), (1, 1), (3, 1), (1, 4), (2, 3), (3, 2), (4, 5), (6, 3)])
+def test_n_multisets_counts_what_itertools_enumerates(n_draws, n_items):
+    """The stars-and-bars count C(n + k − 1, k − 1) (which picks enumeration over the integral) against a brute-force
+    enumeration of the multisets, and against the rows ``_multiset_counts`` builds (exact integers)."""
+    import itertools
+
+    brute = sum(1 for _ in itertools.combinations_with_replacement(range(n_items), n_draws))
+    assert T.n_multisets(n_draws, n_items) == brute
+    counts = T._multiset_counts(n_draws, n_items)
+    assert len(counts) == brute and (counts.sum(axis=1) == n_draws).all()
+
+
+def test_a_single_response_has_log_pi_star_zero_by_every_method():
+    """With one response π* = 1 whatever the reward, so log π* = 0 (the enumeration over multisets of one item once
+    crashed here, where the integral did not)."""
+    for method in ("enumerate", "integral"):
+        np.testing.assert_array_equal(T.nca_optimum([1.0], [0.5], 0.7, K=3, method=method), [0.0])
+        # r/α + log E[1/M] = r/α − r/α: one rounding of an O(1) number, so one ulp (2.2e-16) from 0
+        np.testing.assert_allclose(T.nca_loo_optimum([1.0], [0.5], 0.7, 3, method=method), [0.0], rtol=0, atol=1e-15)
