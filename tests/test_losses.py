@@ -503,6 +503,8 @@ def test_error_messages():
     _err(lambda: L.cpl(lp, None, R, lam=1.5), r"lam must lie in \(0, 1\]")
     _err(lambda: L.dpo(lp, ref, R, pairs="best"), r"pairs must be one of 'best_worst', 'best_rest', 'all'; got 'best'")
     _err(lambda: L.nca(lp, ref, R, labels="hard"), r"labels must be one of 'softmax', 'loo'")
+    _err(lambda: L.infonca(lp, ref, R, labels="hard"), r"^labels must be one of 'softmax', 'loo'; got 'hard'")
+    _err(lambda: L.soft_labels(R, alpha=1.0, labels="hard"), r"^labels must be one of 'softmax', 'loo'; got 'hard'")
     _err(lambda: L.ipo(lp, ref, R, lengths=t64([3.0, 0.0])), r"lengths\[0, 1\] = 0.0 must be > 0 \(empty response\)")
     _err(lambda: L.infonca(lp, ref, R, label_weights=t64([-1.0, 0.5])), r"label_weights\[0, 0\] = -1.0 must be finite and >= 0")
     _err(lambda: L.sft(lp, None, R, mask=torch.tensor([[False, False]])), r"sft: row 0 has 0 valid")

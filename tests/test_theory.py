@@ -334,13 +334,15 @@ def test_cpl_bias_passes_include_identical_on():
     assert abs(float(T.cpl_bias(mu, r, alpha, lam)) - float(T.cpl_bias(mu, r, alpha, lam, include_identical=False))) > 1e-3
 
 
+@pytest.mark.parametrize("spread", [30.0, 150.0])
 @pytest.mark.parametrize("K", [2, 3, 6])
-def test_integrals_are_exact_with_rewards_spread_over_30_nats(K):
-    """The integral forms against enumeration where their truncation matters: r/α spanning 30 nats with μ on
-    the lowest reward, so that min a = e^{-30} and the upper cut t1 = (40 + log((K−1)/b))/b, b = (K−1) min a,
-    is far out (a cut at (40 − log(…))/b loses 5e-5). Both are exact up to quad's relative 1e-13 per piece;
-    observed ≤ 4e-15, 1e-13 asserted."""
-    mu, r, alpha = np.array([0.9, 0.05, 0.05]), np.array([0.0, 15.0, 30.0]), 1.0
+def test_integrals_are_exact_with_rewards_spread_over_30_nats(K, spread):
+    """The integral forms against enumeration where their truncation matters: r/α spanning 30 (or 150) nats with
+    μ on the lowest reward, so that min a = e^{-30} and the upper cut t1 = (40 + log((K−1)/b))/b, b = (K−1) min a,
+    is far out (a cut at (40 − log(…))/b loses 5e-5); at 150 nats a lower cut t0 that ignores the +K−1 in
+    a + K − 1 lies beyond t1 when K = 2. Both are exact up to quad's relative 1e-13 per piece; observed ≤ 4e-15,
+    1e-13 asserted."""
+    mu, r, alpha = np.array([0.9, 0.05, 0.05]), np.array([0.0, spread / 2, spread]), 1.0
     assert float(T.nca_loo_constant(mu, r, alpha, K, method="integral")) == pytest.approx(
         float(T.nca_loo_constant(mu, r, alpha, K, method="enumerate")), abs=1e-13)
     np.testing.assert_allclose(T.nca_optimum(mu, r, alpha, K, method="integral"),
@@ -429,6 +431,9 @@ def test_method_runs_the_algorithm_it_names(monkeypatch, fn, enumerated, integra
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0, 2.0], 1.0), "shape mismatch"),
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 0.0), "alpha"),
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], -1.0), "alpha"),
+        # with a finite K the check is the finite-K solver's own (K=None goes through infonca_optimum's)
+        (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 0.0, K=3), "alpha must be"),
+        (lambda: T.nca_optimum_integral([0.5, 0.5], [0.0, 1.0], -1.0, 3), "alpha must be"),
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 1.0, K=1), "K"),
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, 1.0], 1.0, K=2.5), "K"),
         (lambda: T.nca_optimum([0.5, 0.5], [0.0, np.nan], 1.0), "r"),
