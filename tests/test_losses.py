@@ -505,6 +505,7 @@ def test_error_messages():
     _err(lambda: L.nca(lp, ref, R, labels="hard"), r"labels must be one of 'softmax', 'loo'")
     _err(lambda: L.infonca(lp, ref, R, labels="hard"), r"^labels must be one of 'softmax', 'loo'; got 'hard'")
     _err(lambda: L.soft_labels(R, alpha=1.0, labels="hard"), r"^labels must be one of 'softmax', 'loo'; got 'hard'")
+    _err(lambda: L.soft_labels(R, alpha=0.0), r"^alpha must be a finite number > 0, got 0.0")
     _err(lambda: L.ipo(lp, ref, R, lengths=t64([3.0, 0.0])), r"lengths\[0, 1\] = 0.0 must be > 0 \(empty response\)")
     _err(lambda: L.infonca(lp, ref, R, label_weights=t64([-1.0, 0.5])), r"label_weights\[0, 0\] = -1.0 must be finite and >= 0")
     _err(lambda: L.sft(lp, None, R, mask=torch.tensor([[False, False]])), r"sft: row 0 has 0 valid")
@@ -568,3 +569,24 @@ def test_trl_batch_formulation():
         hp = dict(beta=beta, eps=eps) if name == "rdpo" else dict(beta=beta)
         got = LOSSES[name](lp, ref, R, lengths=n, **hp).mean()
         assert got.item() == pytest.approx(expect.item(), abs=1e-12), name
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_computes_on_its_inputs_device(name):
+    """Every tensor a loss creates lives on its inputs' device (the trainer's batches live on the GPU). The
+    ``meta`` device stands in for a GPU on a CPU-only machine: mixing a tensor made on the CPU with meta
+    tensors raises, so a helper that forgets ``device=`` fails here. Every pairs / labels mode is run, with
+    a mask and lengths, and validate=False (meta tensors hold no values to validate)."""
+    spec = LOSSES[name]
+    meta = dict(device="meta")
+    lp, R = torch.empty(3, 4, **meta), torch.empty(3, 4, dtype=torch.float64, **meta)
+    mask, lengths = torch.empty(3, 4, dtype=torch.bool, **meta), torch.empty(3, 4, **meta)
+    modes = [{}]
+    modes += [{"pairs": p} for p in L.PAIR_MODES] if "pairs" in spec.defaults else []
+    modes += [{"labels": m} for m in L.LABEL_MODES] if "labels" in spec.defaults else []
+    for kw in modes:
+        out = spec(lp, lp, R, mask=mask, lengths=lengths, validate=False, **kw)
+        assert out.device.type == "meta" and out.shape == (3,), (name, kw)
+    if name == "infonca":  # the soft labels on their own, each mode
+        for m in L.LABEL_MODES:
+            assert L.soft_labels(R, mask, alpha=0.5, labels=m).device.type == "meta"

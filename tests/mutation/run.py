@@ -10,7 +10,7 @@
    it has no verdict yet or when the function it mutates changed (hash), so each slice continues the last one
    and stale verdicts are dropped by mutmut itself;
 3. copies the state back into ``tests/mutation/state/`` (commit it: the next session's slice continues from it)
-   and prints the tally per status and the score = killed (incl. timeouts) / (killed + survived + no tests).
+   and prints the tally per status and the score = killed (incl. timeouts and crashes) / (killed + survived + no tests).
 
 ``--score`` only prints the tally of the committed state, and ``--survivors`` only lists its surviving mutants
 (names for ``mutmut show NAME``): neither runs anything. Mutant names given as arguments are re-tested even
@@ -35,7 +35,10 @@ STATE = ROOT / "tests" / "mutation" / "state"
 WORK = ROOT / "mutants"
 # mutmut 3.8's exit-code meaning (mutmut.stats.status_by_exit_code), folded into what the score needs
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check", None: "not checked"}
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check", None: "not checked",
+          # the test process died of a signal (mutmut calls it "segfault"): SIGKILL, e.g. a mutant that sends a
+          # K = 10^5 case to the multiset enumeration and is killed for its memory, or SIGSEGV; either way detected
+          -9: "crashed", -11: "crashed"}
 
 
 def _state_files(root: Path) -> list[Path]:
@@ -76,7 +79,7 @@ def tally(root: Path) -> tuple[Counter, list[str]]:
 def report(root: Path, show_survivors: bool) -> None:
     counts, survivors = tally(root)
     total = sum(counts.values())
-    detected = counts["killed"] + counts["timeout"]
+    detected = counts["killed"] + counts["timeout"] + counts["crashed"]
     judged = detected + counts["survived"] + counts["no tests"]
     print(f"mutants: {total}; " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
     if judged:
