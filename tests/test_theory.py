@@ -430,6 +430,42 @@ def test_method_runs_the_algorithm_it_names(monkeypatch, fn, enumerated, integra
                 fn(mu, r, alpha, K, method="enumerate" if name == enumerated else "integral")
 
 
+@pytest.mark.parametrize("fn, enumerated, integral", [
+    (lambda *a, **kw: T.nca_loo_constant(*a, **kw), "_inverse_mean_enumerated", "_inverse_mean_integral"),
+    (lambda *a, **kw: T.nca_optimum(*a, **kw), "_nca_ratio_enumerated", "_nca_ratio_integral"),
+])
+def test_auto_enumerates_exactly_up_to_the_documented_number_of_multisets(monkeypatch, fn, enumerated, integral):
+    """method="auto" enumerates while there are at most MAX_ENUMERATED_MULTISETS multisets of the K − 1 other
+    draws, and integrates beyond. With two responses there are K of them, so K = MAX enumerates and K = MAX + 1
+    integrates (each checked by making the other algorithm raise)."""
+    mu, r, alpha, limit = np.array([0.5, 0.5]), np.array([0.0, 1.0]), 0.7, T.MAX_ENUMERATED_MULTISETS
+    assert T.n_multisets(limit - 1, 2) == limit
+    for K, refused in ((limit, integral), (limit + 1, enumerated)):
+        with monkeypatch.context() as m:
+            m.setattr(T, refused, lambda *args, _name=refused: (_ for _ in ()).throw(AssertionError(f"{_name} called")))
+            assert np.all(np.isfinite(fn(mu, r, alpha, K)))
+
+
+def test_integer_valued_float_k_is_accepted_as_that_integer():
+    """K = 3.0 means K = 3 (a float from a config file or a sweep), bitwise the same result; 2.5 is refused
+    (in the bad-input table)."""
+    mu, r = np.array([0.2, 0.5, 0.3]), np.array([1.0, -0.5, 2.0])
+    np.testing.assert_array_equal(T.nca_optimum(mu, r, 0.8, K=3.0), T.nca_optimum(mu, r, 0.8, K=3))
+    assert T.nca_loo_constant(mu, r, 0.8, 4.0) == T.nca_loo_constant(mu, r, 0.8, 4)
+
+
+def test_reward_range_limit_is_on_the_span_of_r_over_alpha():
+    """exp(r/α − max r/α) underflows once r/α spans more than 700 nats: a span of exactly 700 is computed (and
+    self-normalised), 700.5 is refused with the message that says what to do, whatever the sign of the rewards."""
+    mu = np.array([0.5, 0.5])
+    f = T.nca_optimum(mu, np.array([-700.0, 0.0]), 1.0, K=3)
+    assert np.all(np.isfinite(f)) and T.nca_self_normalisation(mu, f) == pytest.approx(1.0, abs=1e-12)
+    for r in ([-700.5, 0.0], [0.0, 700.5], [-350.25, 350.25]):
+        with pytest.raises(ValueError, match=r"^r/alpha spans 700.5 > 700.0: exp\(r/alpha\) under/overflows float64; "
+                                             r"use a larger alpha or a smaller reward range$"):
+            T.nca_optimum(mu, np.array(r), 1.0, K=3)
+
+
 @pytest.mark.parametrize(
     "call, field",
     [

@@ -125,6 +125,21 @@ def test_auto_switches_to_integral_for_large_K():
         population_loss("infonca", logpi, mu, r, 300, alpha=1.0, beta=1.0)
 
 
+def test_max_rows_bounds_exactly_the_rows_enumeration_builds():
+    """Untied rewards enumerate the C(Y + K − 1, K) multisets (order does not matter), tied rewards the Y^K ordered
+    tuples: Y = 3, K = 3 gives 10 and 27 rows. max_rows equal to that count is enough; one less is refused with a
+    message that gives the count and its kind."""
+    mu = np.array([0.2, 0.5, 0.3])
+    logpi = np.log(mu)
+    for r, rows, kind in ((np.array([0.0, 1.0, 2.5]), 10, "multisets"),
+                          (np.array([0.0, 1.0, 1.0]), 27, r"ordered tuples \(rewards tie, so order matters\)")):
+        value = float(population_loss("infonca", logpi, mu, r, 3, max_rows=rows, alpha=1.0, beta=1.0))
+        assert value == pytest.approx(float(population_loss("infonca", logpi, mu, r, 3, alpha=1.0, beta=1.0)), rel=0)
+        with pytest.raises(ValueError, match=rf"^cannot enumerate: {rows} {kind} of K = 3 draws from Y = 3 responses "
+                                             rf"exceed max_rows = {rows - 1}; "):
+            population_loss("infonca", logpi, mu, r, 3, max_rows=rows - 1, alpha=1.0, beta=1.0)
+
+
 def test_gradient_matches_finite_differences():
     mu, r = random_instance(2, 4, min_gap=0.2)
     x0 = np.log(mu) + np.random.default_rng(0).normal(size=4)
