@@ -93,6 +93,35 @@ def test_bt_labels_match_definition(name, flip):
     assert got == pytest.approx(expected, rel=1e-12)
 
 
+def test_bt_labels_at_extreme_reward_gaps_are_exact_and_silent():
+    """Gaps of 50 and 800 make σ(r1 − r2) exactly 0 or 1 in float64: the impossible orientation gets weight 0 (its
+    log-weight −inf) without a warning from log(0) or exp's overflow, and the value is the double-loop expectation."""
+    import warnings
+
+    mu, r = np.array([0.2, 0.5, 0.3]), np.array([0.0, 50.0, 800.0])
+    logpi = np.log(mu) + np.array([0.3, -0.8, 0.5])
+    expected = 0.0
+    for y1, y2 in itertools.product(range(3), repeat=2):
+        p = expit(r[y1] - r[y2])
+        for R, prob in (([1.0, 0.0], p), ([0.0, 1.0], 1 - p)):
+            val = tuple_loss("dpo", [logpi[y1], logpi[y2]], [math.log(mu[y1]), math.log(mu[y2])], R, {"beta": 1.0})
+            expected += mu[y1] * mu[y2] * prob * val
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = float(population_loss("dpo", logpi, mu, r, 2, "bt", beta=1.0))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_bt_labels_with_several_contexts_weigh_each_context():
+    """[X, Y] instances: the value is Σ_x ρ_x E[loss | x], each term computed on its own context (ρ uniform here)."""
+    mu = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    r = np.array([[0.0, 1.0, 2.5], [1.0, -1.0, 0.5]])
+    logpi = np.log(mu) + np.array([0.3, -0.8, 0.5])
+    got = float(population_loss("dpo", logpi, mu, r, 2, "bt", flip_rate=0.2, beta=1.0))
+    each = [float(population_loss("dpo", logpi[x], mu[x], r[x], 2, "bt", flip_rate=0.2, beta=1.0)) for x in range(2)]
+    assert got == pytest.approx(0.5 * sum(each), rel=1e-14)
+
+
 @pytest.mark.parametrize("labels", ["reward", "loo", "exact_norm"])
 def test_integral_path_matches_enumeration(labels):
     mu, r = INSTANCES["untied"]

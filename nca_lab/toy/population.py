@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Union
 
 import numpy as np
 import torch
+from scipy.special import expit
 from torch import Tensor
 
 from nca_lab.losses import LOSSES, CombinedLoss, LossSpec, get_loss
@@ -199,7 +200,7 @@ def _bt_draws(mu: np.ndarray, r: np.ndarray, flip_rate: float) -> _Draws:
     idx = np.concatenate([pairs, pairs])  # first block: y1 wins; second: y2 wins
     log_mu = np.log(mu)
     d = r[:, pairs[:, 0]] - r[:, pairs[:, 1]]  # [X, Y²]
-    p_first = 1.0 / (1.0 + np.exp(-d))
+    p_first = expit(d)  # σ(d) without exp's overflow warning at |d| > 709 (it is exactly 0 or 1 there)
     p_first = (1.0 - flip_rate) * p_first + flip_rate * (1.0 - p_first)
     log_pair = log_mu[:, pairs].sum(axis=2)
     with np.errstate(divide="ignore"):  # a probability of exactly 0 (flip_rate 0, |d| huge) is fine
