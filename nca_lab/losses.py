@@ -354,9 +354,7 @@ def _labels_for(b: _Batch, alpha: float, labels: str, label_weights: Tensor | No
                 row, k = (int(i) for i in torch.nonzero(bad)[0])
                 raise ValueError(f"label_weights[{row}, {k}] = {float(label_weights[row, k])} must be finite and >= 0")
         return lw
-    if labels == "loo" and validate and bool((b.n_valid < 2).any()):
-        row = int(torch.nonzero(b.n_valid < 2)[0, 0])
-        raise ValueError(f'labels="loo": row {row} has fewer than 2 valid responses')
+    # no check for rows with < 2 valid responses here: both callers (infonca, nca) ask _prepare for min_valid=2
     w = soft_labels(b.rewards, b.mask, alpha=alpha, labels=labels)
     if labels == "loo" and validate and bool((b.mask & ~torch.isfinite(w)).any()):
         # loo labels are unbounded (e^{(R_i − R_j)/α}); an overflow would turn the loss into inf/NaN

@@ -508,6 +508,9 @@ def test_error_messages():
     _err(lambda: L.soft_labels(R, alpha=0.0), r"^alpha must be a finite number > 0, got 0.0")
     _err(lambda: L.ipo(lp, ref, R, lengths=t64([3.0, 0.0])), r"lengths\[0, 1\] = 0.0 must be > 0 \(empty response\)")
     _err(lambda: L.infonca(lp, ref, R, label_weights=t64([-1.0, 0.5])), r"label_weights\[0, 0\] = -1.0 must be finite and >= 0")
+    _err(lambda: L.nca(lp, ref, R, label_weights=t64([0.5, 0.5, 0.0])), r"^shape mismatch: label_weights ")
+    _err(lambda: L.nca(lp, ref, R, labels="loo", mask=torch.tensor([[True, False]])),
+         r"^nca: row 0 has 1 valid response\(s\); nca needs at least 2$")
     _err(lambda: L.sft(lp, None, R, mask=torch.tensor([[False, False]])), r"sft: row 0 has 0 valid")
     _err(lambda: get_loss("ncaa"), r"unknown loss 'ncaa'; known losses: apo_down, apo_zero, .*cdpo, clha, cpl, .*dpo, .*sft, .*simpo")
     _err(lambda: get_loss("nca+0.1*sftt"), r"unknown loss 'sftt'")
@@ -590,3 +593,15 @@ def test_every_loss_computes_on_its_inputs_device(name):
     if name == "infonca":  # the soft labels on their own, each mode
         for m in L.LABEL_MODES:
             assert L.soft_labels(R, mask, alpha=0.5, labels=m).device.type == "meta"
+
+
+@pytest.mark.parametrize("name", ["infonca", "nca"])
+def test_label_weights_do_not_change_the_compute_dtype(name):
+    """The compute dtype follows the log-probs (float32 unless a log-prob tensor is float64): float64 rewards or
+    label weights with float32 log-probs give a float32 loss, equal to the loss computed from float32 weights."""
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(2, 3, generator=g)
+    R, w = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.rand(2, 3, generator=g, dtype=torch.float64)
+    out = LOSSES[name](lp, lp - 0.1, R, label_weights=w)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, LOSSES[name](lp, lp - 0.1, R.float(), label_weights=w.float()), rtol=0, atol=0)
