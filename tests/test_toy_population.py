@@ -429,3 +429,23 @@ def test_label_coefficients_are_exact_with_rewards_spread_over_120_nats(K):
     for labels in ("reward", "loo"):
         np.testing.assert_allclose(nca_label_coefficients(mu, r, alpha, K, labels),
                                    _labels_by_enumeration(mu, z, K, labels), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name, hp, invariant", [
+    ("infonca", {}, True), ("dpo", {}, True), ("ipo", {}, True), ("cpl", {"lam": 1.0}, True),
+    ("nca", {}, False), ("sft", {}, False), ("cpl", {"lam": 0.5}, False),
+])
+def test_is_shift_invariant_tells_which_losses_see_only_differences_of_log_pi(name, hp, invariant):
+    """A loss of differences log π_i − log π_j (softmax over responses, pairwise margins, CPL with λ = 1) is
+    unchanged by log π + c; NCA's per-response σ terms, SFT's log π and CPL's λ < 1 are not (the known answer
+    per loss, not a recomputation). Called with its default labels."""
+    from nca_lab.toy.solve import is_shift_invariant
+
+    mu, r = INSTANCES["untied"]
+    assert is_shift_invariant(name, mu, r, 3 if name in ("infonca", "nca", "sft") else 2, **hp) is invariant
+
+
+def test_label_coefficients_refuse_labels_without_an_integral_form():
+    mu, r = INSTANCES["untied"]
+    with pytest.raises(ValueError, match=r"^labels='bt' has no integral form; use 'reward', 'loo' or 'exact_norm'$"):
+        nca_label_coefficients(mu, r, 0.7, 2, "bt")
