@@ -284,7 +284,8 @@ def test_sft_accepts_K_1():
 
 def test_optimum_errors_and_no_minimiser():
     mu, r = INSTANCES["untied"]
-    with pytest.raises(ValueError, match="piecewise"):
+    with pytest.raises(ValueError, match=r"^optimum\(\) uses Newton's method and needs a twice-differentiable loss; 'hinge' is "
+                                         r"piecewise linear \(no Hessian, and its minimiser is generally a set, not a point\)$"):
         optimum("hinge", mu, r, 2)
     with pytest.raises(ValueError, match="piecewise"):
         optimum("nca+0.1*rrhf", mu, r, 2, alpha=1.0, beta=1.0)
@@ -449,3 +450,12 @@ def test_label_coefficients_refuse_labels_without_an_integral_form():
     mu, r = INSTANCES["untied"]
     with pytest.raises(ValueError, match=r"^labels='bt' has no integral form; use 'reward', 'loo' or 'exact_norm'$"):
         nca_label_coefficients(mu, r, 0.7, 2, "bt")
+
+
+def test_resolve_hparam_takes_the_given_value_else_the_default_and_names_a_missing_one():
+    from nca_lab.toy.population import resolve_hparam
+
+    assert resolve_hparam(LOSSES["dpo"], {"beta": 0.3}, "beta") == 0.3
+    assert resolve_hparam(LOSSES["dpo"], {}, "beta") == LOSSES["dpo"].defaults["beta"]
+    with pytest.raises(ValueError, match=r"^loss 'dpo' has no hyperparameter 'alpha'$"):
+        resolve_hparam(LOSSES["dpo"], {}, "alpha")
