@@ -459,3 +459,21 @@ def test_resolve_hparam_takes_the_given_value_else_the_default_and_names_a_missi
     assert resolve_hparam(LOSSES["dpo"], {}, "beta") == LOSSES["dpo"].defaults["beta"]
     with pytest.raises(ValueError, match=r"^loss 'dpo' has no hyperparameter 'alpha'$"):
         resolve_hparam(LOSSES["dpo"], {}, "alpha")
+
+
+@pytest.mark.parametrize("name, hp, K, labels, branch", [
+    ("infonca", {"alpha": 0.7, "beta": 0.8}, 3, "reward", "policy (shift-invariant)"),
+    ("nca", {"alpha": 0.7, "beta": 0.8}, 3, "reward", "free r_θ (reference-based)"),
+    ("cpl", {"alpha": 0.7, "lam": 1.0}, 2, "bt", "policy (shift-invariant, reference-free)"),
+])
+def test_optimum_passes_its_solver_options_and_names_the_problem(name, hp, K, labels, branch):
+    """Each parameterisation branch hands xtol and max_iter to Newton's method and names the problem in its errors:
+    one allowed iteration cannot converge (the error names loss, K, labels and param), and xtol = 1e3 accepts
+    the first Newton step, which is not yet the minimiser (≥ 1e-8 away from the default solve)."""
+    mu, r = INSTANCES["untied"]
+    with pytest.raises(NoMinimiserError, match=rf"^{name} \(K={K}, labels='{labels}', param='free'\): no minimiser found "
+                                               r"— after 1 Newton iterations"):
+        optimum(name, mu, r, K, labels=labels, max_iter=1, **hp)
+    tight = optimum(name, mu, r, K, labels=labels, **hp)
+    loose = optimum(name, mu, r, K, labels=labels, xtol=1e3, **hp)
+    assert np.abs(loose - tight).max() > 1e-8, branch
