@@ -477,3 +477,16 @@ def test_optimum_passes_its_solver_options_and_names_the_problem(name, hp, K, la
     tight = optimum(name, mu, r, K, labels=labels, **hp)
     loose = optimum(name, mu, r, K, labels=labels, xtol=1e3, **hp)
     assert np.abs(loose - tight).max() > 1e-8, branch
+
+
+def test_callable_labels_are_checked_with_messages_that_say_what_is_wrong():
+    """labels=<callable> maps the rewards R [rows, K] of every enumerated tuple to label weights of the same shape;
+    a loss without label_weights, a non-tensor and a tensor of the wrong shape are each refused by name."""
+    mu, r = INSTANCES["untied"]
+    logpi = np.log(mu)
+    rows = 6  # the C(3 + 2 − 1, 2) multisets of K = 2 draws from Y = 3 responses (rewards untied)
+    with pytest.raises(ValueError, match=r"^labels=<callable> gives label_weights, which loss 'dpo' does not take$"):
+        population_loss("dpo", logpi, mu, r, 2, lambda R: torch.softmax(R, dim=1))
+    for bad, got in ((lambda R: [[0.5, 0.5]] * rows, "<class 'list'>"), (lambda R: torch.ones(rows, 3), r"torch.Size\(\[6, 3\]\)")):
+        with pytest.raises(ValueError, match=rf"^the labels callable must return a tensor of shape \({rows}, 2\), got {got}$"):
+            population_loss("nca", logpi, mu, r, 2, bad, alpha=1.0, beta=1.0)
