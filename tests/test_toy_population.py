@@ -490,3 +490,31 @@ def test_callable_labels_are_checked_with_messages_that_say_what_is_wrong():
     for bad, got in ((lambda R: [[0.5, 0.5]] * rows, "<class 'list'>"), (lambda R: torch.ones(rows, 3), r"torch.Size\(\[6, 3\]\)")):
         with pytest.raises(ValueError, match=rf"^the labels callable must return a tensor of shape \({rows}, 2\), got {got}$"):
             population_loss("nca", logpi, mu, r, 2, bad, alpha=1.0, beta=1.0)
+
+
+def test_sft_minimiser_is_the_best_of_k_distribution_and_free_log_pi_has_none():
+    """SFT's population loss −E log π(best of K draws) is a cross-entropy, minimised over π = softmax θ by the law
+    of the best of K draws: P(best = y) = F(y)^K − F(y⁻)^K with F the CDF of μ in reward order (untied rewards).
+    On the free log π it is linear and falls without bound; Newton's method says so (it once crashed on the zero
+    Hessian of a linear loss)."""
+    mu, r = INSTANCES["untied"]
+    order = np.argsort(r)
+    cdf = np.cumsum(mu[order])
+    for K in (2, 3):
+        best = np.empty(3)
+        best[order] = cdf**K - np.concatenate([[0.0], cdf[:-1]]) ** K
+        # Newton to xtol 1e-10 on a well-conditioned cross-entropy: 1e-9 on log π
+        np.testing.assert_allclose(optimum("sft", mu, r, K, param="policy"), np.log(best), rtol=0, atol=1e-9)
+    with pytest.raises(NoMinimiserError, match=r"^sft \(K=2, labels='reward', param='free'\): no minimiser found — after 1 Newton"):
+        optimum("sft", mu, r, 2, max_iter=1)
+    with pytest.raises(NoMinimiserError, match=r"^sft \(K=2, labels='reward', param='free'\): no minimiser"):
+        optimum("sft", mu, r, 2)
+
+
+def test_exact_norm_labels_take_alpha_from_the_registry_default_when_not_given():
+    mu, r = INSTANCES["untied"]
+    logpi = np.log(mu) + np.array([0.3, -0.8, 0.5])
+    default_alpha = LOSSES["nca"].defaults["alpha"]
+    got = float(population_loss("nca", logpi, mu, r, 3, "exact_norm", beta=0.5))
+    assert got == float(population_loss("nca", logpi, mu, r, 3, "exact_norm", alpha=default_alpha, beta=0.5))
+    assert got != float(population_loss("nca", logpi, mu, r, 3, "exact_norm", alpha=1.0, beta=0.5))

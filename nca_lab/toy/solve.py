@@ -68,6 +68,8 @@ def _hessian(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor,
     x = x.detach().requires_grad_(True)
     value = fn(x)
     (grad,) = torch.autograd.grad(value, x, create_graph=True)
+    if not grad.requires_grad:  # the loss is linear in x (SFT in the free log π): its Hessian is zero
+        return value.detach(), grad.detach(), torch.zeros(x.numel(), x.numel(), dtype=x.dtype)
     rows = []
     for i in range(x.numel()):
         (row,) = torch.autograd.grad(grad[i], x, retain_graph=True, allow_unused=True)
