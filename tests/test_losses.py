@@ -605,3 +605,14 @@ def test_label_weights_do_not_change_the_compute_dtype(name):
     out = LOSSES[name](lp, lp - 0.1, R, label_weights=w)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, LOSSES[name](lp, lp - 0.1, R.float(), label_weights=w.float()), rtol=0, atol=0)
+
+
+def test_loo_label_overflow_names_the_row_it_happens_in():
+    """Leave-one-out labels e^{(R_i − R_j)/α} overflow once a gap over α passes ~709: the loss refuses with the row
+    (here row 1, whose overflowing label is in column 0) and says what to change."""
+    lp = torch.zeros(2, 2, dtype=torch.float64)
+    R = torch.tensor([[0.0, 1.0], [1000.0, 0.0]], dtype=torch.float64)
+    for name in ("infonca", "nca"):
+        _err(lambda: LOSSES[name](lp, lp, R, alpha=1.0, labels="loo"),
+             r'^labels="loo": row 1: label overflows float range at alpha=1.0; the reward gaps divided by alpha are '
+             r"too large \(use a larger alpha\)$")
