@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 import nca_lab.theory as T
+from mutant_switch import report_mutants
 
 assert "mutants" in T.__file__, f"run from mutants/ with PYTHONPATH=. (imported {T.__file__})"
 rng = np.random.default_rng(0)
@@ -56,12 +57,4 @@ os.environ["MUTANT_UNDER_TEST"] = ""
 base, exact = run(), enumerated()
 print(f"original: max difference from the enumeration {max(rel(base[i], e) for i, e in exact.items()):.2g} "
       f"({len(exact)} of {len(cases)} instances enumerable)")
-for name in sys.argv[1:]:
-    os.environ["MUTANT_UNDER_TEST"] = name
-    try:
-        got = run()
-    except Exception as e:  # a control mutant breaks the integral
-        print(name, "raised", type(e).__name__)
-        continue
-    print(f"{name}: max relative |Δ| from the original {max(rel(g, b) for g, b in zip(got, base)):.2g}; "
-          f"from the enumeration {max(rel(got[i], e) for i, e in exact.items()):.2g}")
+report_mutants(sys.argv[1:], run, base, exact, rel, "enumeration")

@@ -21,6 +21,7 @@ import numpy as np
 
 import nca_lab.theory as T
 import nca_lab.toy.population as P
+from mutant_switch import report_mutants
 
 assert "mutants" in P.__file__, f"run from mutants/ with PYTHONPATH=. (imported {P.__file__})"
 rng = np.random.default_rng(0)
@@ -55,13 +56,5 @@ def rel(x, y):
 os.environ["MUTANT_UNDER_TEST"] = ""
 base, ref = run(), independent()
 print(f"original: max relative difference from theory's scipy integrals {max(rel(b, e) for b, e in zip(base, ref)):.2g}")
-for name in sys.argv[1:]:
-    os.environ["MUTANT_UNDER_TEST"] = name
-    P._cached_coefficients.cache_clear()
-    try:
-        got = run()
-    except Exception as e:  # a control mutant breaks the integral
-        print(name, "raised", type(e).__name__)
-        continue
-    print(f"{name}: max relative |Δ| from the original {max(rel(g, b) for g, b in zip(got, base)):.2g}; "
-          f"from the scipy integrals {max(rel(g, e) for g, e in zip(got, ref)):.2g}")
+report_mutants(sys.argv[1:], run, base, dict(enumerate(ref)), rel, "scipy integrals",
+               before_each=P._cached_coefficients.cache_clear)
