@@ -616,3 +616,14 @@ def test_loo_label_overflow_names_the_row_it_happens_in():
         _err(lambda: LOSSES[name](lp, lp, R, alpha=1.0, labels="loo"),
              r'^labels="loo": row 1: label overflows float range at alpha=1.0; the reward gaps divided by alpha are '
              r"too large \(use a larger alpha\)$")
+
+
+def test_an_overflowing_pair_outside_the_selection_leaves_no_nan():
+    """Pairwise losses evaluate all K×K pairs and keep the selected ones. IPO's square overflows to +inf for the
+    unselected pair (y0, y1) when log π(y1) = −1e200 (finite, extreme); best_worst keeps only (y0, y2), whose
+    h = 0 gives (0 − 1/(2β))² = 1 at β = ½ exactly. The inf must be dropped, not multiplied by a zero weight (NaN).
+    With pairs='all' the overflowing pair is selected and the loss is honestly +inf."""
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    pol, ref, R = t([0.0, -1e200, 0.0]), t([0.0, 0.0, 0.0]), t([2.0, 1.0, 0.0])
+    assert float(LOSSES["ipo"](pol, ref, R, beta=0.5)) == 1.0
+    assert float(LOSSES["ipo"](pol, ref, R, beta=0.5, pairs="all")) == math.inf

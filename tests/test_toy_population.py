@@ -20,6 +20,7 @@ from strategies import torch_one_thread  # noqa: F401 (autouse fixture)
 from nca_lab.losses import LOSSES
 from nca_lab.toy import NoMinimiserError, optimum, population_loss, random_instance
 from nca_lab.toy.population import nca_label_coefficients
+from nca_lab.toy.solve import IllConditionedWarning, newton_minimise
 
 HP = {"alpha": 0.7, "beta": 0.8}
 
@@ -518,3 +519,148 @@ def test_exact_norm_labels_take_alpha_from_the_registry_default_when_not_given()
     got = float(population_loss("nca", logpi, mu, r, 3, "exact_norm", beta=0.5))
     assert got == float(population_loss("nca", logpi, mu, r, 3, "exact_norm", alpha=default_alpha, beta=0.5))
     assert got != float(population_loss("nca", logpi, mu, r, 3, "exact_norm", alpha=1.0, beta=0.5))
+
+
+def test_exact_norm_labels_normalise_each_context_on_its_own_reward_scale():
+    """labels='exact_norm' divides e^{R/α} by K·Z(x) with Z(x) = E_μ(·|x) e^{r/α} *per context*. Two contexts whose
+    rewards sit 800 nats apart (r/α to 801, where e^{r/α} overflows float64) must each give what they give alone,
+    and the weighted sum must be exact and finite. Each context alone is an X = 1 call, context 1 with its rewards
+    shifted by −800 (exact-norm labels depend on reward differences only): no term of the check shares the scale
+    of the other context. 1e-13 relative: sums of 10 multisets of 3 draws, a few ulps each."""
+    mu = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    r = np.array([[0.0, 1.0, 0.5], [800.0, 801.0, 800.5]])
+    logpi = np.log(mu) + np.array([[0.3, -0.8, 0.5], [-0.2, 0.4, 0.1]])
+    rho = np.array([0.3, 0.7])
+    got = float(population_loss("nca", logpi, mu, r, 3, "exact_norm", context_weights=rho, alpha=1.0, beta=0.5))
+    alone = [float(population_loss("nca", logpi[x], mu[x], r[x] - 800.0 * x, 3, "exact_norm", alpha=1.0, beta=0.5))
+             for x in range(2)]
+    assert math.isfinite(got)
+    assert got == pytest.approx(rho @ np.array(alone), rel=1e-13)
+
+
+def test_population_loss_messages_name_the_argument_and_what_is_wrong():
+    """Each refusal names the argument and says what it got (exact text), and the inputs next to a refusal are taken."""
+    mu, r = INSTANCES["untied"]
+    logpi = np.log(mu)
+
+    def message(**kw):
+        args = dict(name="nca", logpi=logpi, mu=mu, r=r, K=3, alpha=1.0, beta=1.0)
+        args.update(kw)
+        with pytest.raises(ValueError) as e:
+            population_loss(**args)
+        return str(e.value)
+
+    assert message(logpi=["a", "b", "c"]) == "logpi must be a numeric array of shape [Y] or [X, Y], got list"
+    assert message(logpi=np.zeros(4)) == "shape mismatch: logpi has shape (4,), mu has shape (3,)"
+    assert message(labels="softmax") == (
+        "labels must be one of 'reward', 'bt', 'loo', 'exact_norm' or a callable; got 'softmax'")
+    for bad in ("label_weights", "mask", "lengths"):  # `labels` itself is a parameter, never in **hparams
+        assert message(**{bad: torch.ones(1, 3)}) == (
+            f"{bad} is set by population_loss itself (use its `labels` argument), not passed as a hyperparameter")
+    assert message(flip_rate=0.1) == "flip_rate applies to labels='bt' only"
+    assert message(K=0) == "K = 0: a tuple holds at least one response (K >= 1)"
+    assert message(name="sft", K=0) == "K = 0: a tuple holds at least one response (K >= 1)"
+    # the term that needs two responses is named, wherever it stands in a combination
+    assert message(name="0.1*sft+dpo", K=1) == "K = 1: loss 'dpo' compares responses and needs K >= 2"
+    # a combination made of SFT alone takes K = 1: the weighted cross-entropy of μ against π
+    sft_only = float(population_loss("0.75*sft", logpi + np.array([0.1, -0.2, 0.3]), mu, r, 1))
+    assert sft_only == pytest.approx(-0.75 * float(mu @ (logpi + np.array([0.1, -0.2, 0.3]))), rel=1e-14)
+    # callable labels have no integral form: too many rows is a refusal, not a silent switch to the integral
+    assert message(labels=lambda R: torch.softmax(R, dim=-1), max_rows=2).startswith(
+        "cannot enumerate: 10 multisets of K = 3 draws from Y = 3 responses exceed max_rows = 2;")
+
+
+def test_context_weights_are_checked_and_taken_as_given():
+    """ρ must be a probability vector over the X contexts (any array shape holding X entries); a zero weight is
+    allowed and drops its context."""
+    mu = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    r = np.array([[0.0, 1.0, 2.5], [1.0, -1.0, 0.5]])
+    logpi = np.log(mu) + np.array([[0.3, -0.8, 0.5], [-0.2, 0.4, 0.1]])
+    each = [float(population_loss("nca", logpi[x], mu[x], r[x], 2, alpha=1.0, beta=1.0)) for x in range(2)]
+    call = lambda rho: float(population_loss("nca", logpi, mu, r, 2, context_weights=rho, alpha=1.0, beta=1.0))  # noqa: E731
+    assert call(np.array([1.0, 0.0])) == pytest.approx(each[0], rel=1e-14)
+    assert call(np.array([[0.3], [0.7]])) == pytest.approx(0.3 * each[0] + 0.7 * each[1], rel=1e-14)
+    assert call(np.array([[0.3, 0.7]])) == pytest.approx(0.3 * each[0] + 0.7 * each[1], rel=1e-14)
+    for bad in ([1.5, -0.5], [0.75, 0.75], [0.5, 0.5 + 1e-8], [1.0]):
+        with pytest.raises(ValueError, match=r"^context_weights must be a probability vector of length X = 2, got "):
+            call(np.array(bad))
+    with pytest.raises(ValueError, match=r"^context_weights must be a numeric array of shape \[Y\] or \[X, Y\], got list$"):
+        call(["a", "b"])
+
+
+def test_float32_policy_input_gives_a_float64_loss():
+    """A float32 log π is widened to float64 before any arithmetic. SimPO scores β·log π, a product of the policy
+    alone (no float64 reference to promote it), so in float32 it would round: the loss must be float64 and equal
+    the float64 computation exactly."""
+    mu, r = INSTANCES["untied"]
+    logpi32 = torch.tensor([-1.1, -0.7, -1.6], dtype=torch.float32)
+    for name in ("simpo", "sft"):
+        got = population_loss(name, logpi32, mu, r, 2)
+        assert got.dtype == torch.float64
+        assert float(got) == float(population_loss(name, logpi32.double(), mu, r, 2)), name
+
+
+def test_bt_orientation_of_probability_zero_does_not_turn_an_infinite_loss_into_nan():
+    """r = (0, 800): σ(−800) is exactly 0 in float64, so "y0 ≻ y1" has weight 0. With log π = (−1e308, 1e308) the DPO
+    margin of that impossible orientation overflows to −inf and its loss is +inf; 0·inf must not leak a NaN.
+    Exact value: identical pairs (probability ½) have margin 0, loss log 2; the possible orientation of (y0, y1)
+    has margin +inf, loss 0. So E = ½ log 2."""
+    mu, r = np.array([0.5, 0.5]), np.array([0.0, 800.0])
+    got = float(population_loss("dpo", np.array([-1e308, 1e308]), mu, r, 2, "bt", beta=1.0))
+    assert got == pytest.approx(0.5 * math.log(2.0), rel=1e-15)
+
+
+def test_newton_reaches_float64_precision_from_a_float32_start_and_from_next_to_the_minimiser():
+    """Newton works in float64 whatever the start's dtype: from a float32 zero it lands on 1/3 (not a float32
+    number) to 1e-15, the step tolerance 1e-10 squared by the quadratic convergence. Started 3e-8 from the
+    minimiser, its first step is already below 1e-7 (the stall test compares with a previous step that does not
+    exist yet) and it still converges."""
+    quad = lambda x: 3.0 * ((x - 1.0 / 3.0) ** 2).sum() + ((x - 1.0 / 3.0) ** 4).sum()  # noqa: E731
+    x = newton_minimise(quad, torch.zeros(2, dtype=torch.float32))
+    assert x.dtype == torch.float64
+    np.testing.assert_allclose(x.numpy(), [1.0 / 3.0] * 2, rtol=0, atol=1e-15)
+    x = newton_minimise(quad, torch.full((2,), 1.0 / 3.0 + 3e-8, dtype=torch.float64))
+    np.testing.assert_allclose(x.numpy(), [1.0 / 3.0] * 2, rtol=0, atol=1e-15)
+
+
+def test_newton_reports_a_loss_without_minimiser_with_its_defaults_in_the_message():
+    """f(x) = −c·x is linear (zero Hessian): Levenberg–Marquardt shifts the spectrum by 1e-6 (the relative
+    margin on a unit scale, the Hessian being 0), so the step is c/1e-6, capped at max_step = 5 per iteration.
+    c = 1: 5 per step, |x| = 50 after 10 iterations, 1000 after the default 200, past x_max = 1e4 at step 2001.
+    c = 1e-9: 1e-3 per step. Messages begin with the default name 'loss'. Step sizes are exact to ~1e-10 relative
+    (2 + 2e-6 − 2 in float64), far inside the three printed digits."""
+    lin = lambda c: (lambda x: -c * x.sum())  # noqa: E731
+    x0 = torch.zeros(1, dtype=torch.float64)
+    with pytest.raises(NoMinimiserError, match=r"^loss: no minimiser found — after 10 Newton iterations the step "
+                                               r"is still 5 and \|x\|∞ = 50: "):
+        newton_minimise(lin(1.0), x0, max_iter=10)
+    with pytest.raises(NoMinimiserError, match=r"^loss: no minimiser found — after 200 Newton iterations the step "
+                                               r"is still 5 and \|x\|∞ = 1e\+03: "):
+        newton_minimise(lin(1.0), x0)
+    with pytest.raises(NoMinimiserError, match=r"^loss: no minimiser — Newton's iterates ran off to \|x\|∞ = "
+                                               r"1e\+04 \(> 10000\) while the loss kept decreasing$"):
+        newton_minimise(lin(1.0), x0, max_iter=3000)
+    with pytest.raises(NoMinimiserError, match=r"after 10 Newton iterations the step is still 0\.001 and \|x\|∞ = 0\.01: "):
+        newton_minimise(lin(1e-9), x0, max_iter=10)
+    # f = −x² at x = 1e-12 (Hessian −2, not positive definite): the shift is |λ_min| + 1e-6·max|H| = 2 + 2e-6, so
+    # H + shift = 2e-6 and the step is 2e-12 / 2e-6 = 1e-6
+    with pytest.raises(NoMinimiserError, match=r"after 1 Newton iterations the step is still 1e-06 and \|x\|∞ = 1e-06: "):
+        newton_minimise(lambda x: -(x**2).sum(), torch.full((1,), 1e-12, dtype=torch.float64), max_iter=1)
+
+
+def test_newton_refuses_a_non_finite_gradient_or_hessian_at_a_finite_value():
+    """|x|^1.5 at 0: finite value and gradient, but the second derivative 0.75·|x|^(−1/2) is not finite (NaN from
+    autograd); √|x| at 0: the gradient itself is not. Newton must stop with its own error, not step on NaN."""
+    x0 = torch.zeros(1, dtype=torch.float64)
+    for fn in (lambda x: (x.abs() ** 1.5).sum() + ((x - 1) ** 2).sum(), lambda x: x.abs().sqrt().sum() + ((x - 1) ** 2).sum()):
+        with pytest.raises(NoMinimiserError, match=r"^loss: non-finite value/gradient/Hessian at Newton iteration 0 "
+                                                   r"\(\|x\|∞ = 0\)$"):
+            newton_minimise(fn, x0)
+
+
+def test_newton_warns_when_round_off_alone_can_move_the_minimiser_past_warn_tol():
+    """f = 1e-10·Σ(x − 1)²: Hessian 2e-10, so a gradient error of 1e-15 moves the minimiser by 5e-6 > warn_tol = 1e-6
+    (default): an IllConditionedWarning, and the minimiser is still found (a quadratic: Newton's first step is exact)."""
+    with pytest.warns(IllConditionedWarning, match="determined only to ~5e-06"):
+        x = newton_minimise(lambda x: 1e-10 * ((x - 1.0) ** 2).sum(), torch.zeros(2, dtype=torch.float64))
+    np.testing.assert_allclose(x.numpy(), [1.0, 1.0], rtol=0, atol=1e-12)

@@ -122,8 +122,10 @@ def _check_K(K, loss) -> int:
     K = int(K)
     names = [s.name for _, s in loss.terms] if isinstance(loss, CombinedLoss) else [loss.name]
     needs_two = [n for n in names if n != "sft"]
-    if K < 1 or (K < 2 and needs_two):
-        raise ValueError(f"K = {K}: loss {needs_two[0] if needs_two else names[0]!r} compares responses and needs K >= 2")
+    if K < 1:
+        raise ValueError(f"K = {K}: a tuple holds at least one response (K >= 1)")
+    if K < 2 and needs_two:
+        raise ValueError(f"K = {K}: loss {needs_two[0]!r} compares responses and needs K >= 2")
     return K
 
 
