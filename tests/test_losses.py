@@ -520,6 +520,76 @@ def test_error_messages():
     _err(lambda: get_loss("nca+0.1*sft")(lp, ref, R, gamma=1.0), r"has no hyperparameter gamma")
 
 
+def test_input_checks_say_exactly_what_is_wrong():
+    """The full text of every input refusal (a message that lost its field, its row or its value fails), the
+    first offending entry in row-major order, and the boundary of each check: a masked entry is never checked."""
+    lp, ref, R = t64([-1.0, -2.0]), t64([-1.0, -2.0]), t64([1.0, 0.0])
+    two = lambda *rows: (t64(*rows), t64(*rows))  # noqa: E731
+    cases = [
+        (lambda: L.dpo([[-1.0, -2.0]], ref, R), "dpo: policy_logps must be a [B, K] tensor, got list"),
+        (lambda: L.dpo(lp[0], ref, R), "dpo: policy_logps must be a [B, K] tensor, got (2,)"),
+        (lambda: L.dpo(*two([]), torch.zeros(1, 0, dtype=torch.float64)), "dpo: policy_logps has K = 0 responses per prompt"),
+        (lambda: L.dpo(lp, None, R), "dpo needs ref_logps (the reference model's summed log-probs); got None"),
+        (lambda: L.dpo(lp, [[-1.0, -2.0]], R), "ref_logps must be a torch.Tensor of shape [B, K], got list"),
+        (lambda: L.dpo(lp, ref, t64([1.0, 0.0, 2.0])), "shape mismatch: rewards has shape (1, 3) but policy_logps has shape (1, 2)"),
+        (lambda: L.dpo(lp, ref, R, mask=torch.ones(1, 2)), "mask must be a bool tensor, got dtype torch.float32"),
+        (lambda: L.ipo(lp, ref, R, lengths=t64([1.0])), "shape mismatch: lengths has shape (1, 1) but policy_logps has shape (1, 2)"),
+        (lambda: L.dpo(*two([-1.0, -2.0], [-1.0, -2.0]), t64([1.0, 0.0], [1.0, 0.0]), mask=torch.tensor([[True, True], [True, False]])),
+         "dpo: row 1 has 1 valid response(s); dpo needs at least 2"),
+        (lambda: L.nca(*two([-1.0, -2.0], [-1.0, -2.0]), t64([1.0, 0.0], [0.0, math.inf])),
+         "nca: rewards[1, 1] is inf in a valid entry (NaN/inf reward)"),
+        (lambda: L.nca(*two([-1.0, -2.0], [-1.0, -2.0]), t64([1.0, math.nan], [math.nan, 0.0])),
+         "nca: rewards[0, 1] is nan in a valid entry (NaN/inf reward)"),
+        (lambda: L.ipo(*two([-1.0, -2.0], [-1.0, -2.0]), t64([1.0, 0.0], [1.0, 0.0]), lengths=t64([3.0, 2.0], [-1.0, 2.0])),
+         "ipo: lengths[1, 0] = -1.0 must be > 0 (empty response)"),
+        (lambda: L.ipo(lp, ref, R, lengths=t64([math.nan, 2.0])), "ipo: lengths[0, 0] = nan must be > 0 (empty response)"),
+        (lambda: L.dpo(lp, ref, R, beta=True), "beta must be a finite number > 0, got True"),
+        (lambda: L.dpo(lp, ref, R, beta="1"), "beta must be a finite number > 0, got '1'"),
+        (lambda: L.dpo(lp, ref, R, beta=math.inf), "beta must be a finite number > 0, got inf"),
+        (lambda: L.dpo(lp, ref, R, pairs="x"), "pairs must be one of 'best_worst', 'best_rest', 'all'; got 'x'"),
+        (lambda: LOSSES["sft"](lp, None, R, beta=1.0), "loss 'sft' has no hyperparameter beta; its hyperparameters are: (none)"),
+        (lambda: LOSSES["dpo"](lp, ref, R, gamma=2.0, alpha=1.0),
+         "loss 'dpo' has no hyperparameter alpha, gamma; its hyperparameters are: beta, pairs"),
+        (lambda: get_loss(3), "loss must be a non-empty string naming a loss; got 3"),
+        (lambda: get_loss("  "), "loss must be a non-empty string naming a loss; got '  '"),
+        (lambda: get_loss("nca+0.1*"), "cannot parse loss 'nca+0.1*': term '0.1*' is not NAME or WEIGHT*NAME (e.g. "
+                                       f"'nca+0.1*sft'); known losses: {', '.join(sorted(LOSSES))}"),
+        (lambda: get_loss("nca+0*sft"), "cannot parse loss 'nca+0*sft': weight of 'sft' must be > 0, got 0.0"),
+        (lambda: get_loss("nca+0.1*nca"), "cannot parse loss 'nca+0.1*nca': 'nca' appears twice"),
+        (lambda: get_loss("nca+sftt"), f"unknown loss 'sftt'; known losses: {', '.join(sorted(LOSSES))}"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == message
+    # boundaries: masked entries may hold anything (NaN reward, zero length, NaN log-prob) and change nothing
+    masked = torch.tensor([[True, True, False]])
+    base = L.ipo(t64([-1.0, -2.0]), t64([-1.5, -2.0]), t64([1.0, 0.0]), lengths=t64([2.0, 3.0]))
+    junk = L.ipo(t64([-1.0, -2.0, math.nan]), t64([-1.5, -2.0, math.inf]), t64([1.0, 0.0, math.nan]),
+                 lengths=t64([2.0, 3.0, 0.0]), mask=masked)
+    assert float(junk) == float(base)
+    # one valid response is enough for SFT; zero is not
+    assert float(L.sft(t64([-1.0, -2.0]), None, t64([1.0, 0.0]), mask=torch.tensor([[True, False]]))) == 1.0
+    # weights and spaces in a combination: weight 1 alone is the registry entry itself
+    assert get_loss("1*nca") is LOSSES["nca"] and get_loss(" nca ") is not None
+    combo = get_loss(" nca + 0.1*sft ")
+    assert combo.name == "nca+0.1*sft" and [(w, s.name) for w, s in combo.terms] == [(1.0, "nca"), (0.1, "sft")]
+    assert get_loss("0.5*nca").name == "0.5*nca"
+
+
+def test_compute_dtype_is_float64_if_any_input_is_and_float32_otherwise():
+    """float64 anywhere (policy or reference) → float64; bf16/fp16/fp32 → float32 (logsigmoid in half precision
+    loses the differences that matter). implicit_rewards is β·(log π − log π_ref) elementwise."""
+    lp, ref, R = t64([-1.0, -2.0]), t64([-1.5, -2.0]), t64([1.0, 0.0])
+    for p_dtype, r_dtype, want in [(torch.float64, torch.float32, torch.float64), (torch.float32, torch.float64, torch.float64),
+                                   (torch.float32, torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16, torch.float32),
+                                   (torch.float16, None, torch.float32)]:
+        out = L.dpo(lp.to(p_dtype), None if r_dtype is None else ref.to(r_dtype), R) if r_dtype else \
+            L.simpo(lp.to(p_dtype), None, R)
+        assert out.dtype == want, (p_dtype, r_dtype)
+    assert torch.equal(L.implicit_rewards(lp, ref, 0.5), t64([0.25, 0.0]))
+
+
 def test_validate_false_skips_only_data_checks():
     lp, ref, R = t64([-1.0, -2.0]), t64([-1.0, -2.0]), t64([1.0, 0.0])
     # hyperparameter checks are pure Python and always run

@@ -567,3 +567,37 @@ def test_a_single_response_has_log_pi_star_zero_by_every_method():
         np.testing.assert_array_equal(T.nca_optimum([1.0], [0.5], 0.7, K=3, method=method), [0.0])
         # r/α + log E[1/M] = r/α − r/α: one rounding of an O(1) number, so one ulp (2.2e-16) from 0
         np.testing.assert_allclose(T.nca_loo_optimum([1.0], [0.5], 0.7, 3, method=method), [0.0], rtol=0, atol=1e-15)
+
+
+def test_instance_checks_say_exactly_what_is_wrong_and_accept_the_boundary():
+    """Full text of each refusal of an instance (μ, r) or a positive hyperparameter, and what is accepted next to
+    it: sums within 1e-9 of 1, an [X, Y] μ with a shared [Y] r (broadcast), array-likes of any numeric kind."""
+    cases = [
+        (lambda: T.infonca_optimum(["a", "b"], [0.0, 1.0], 1.0), "mu must be a numeric array, got list"),
+        (lambda: T.infonca_optimum([[[0.5, 0.5]]], [0.0, 1.0], 1.0), "mu must have shape [Y] or [X, Y], got shape (1, 1, 2)"),
+        (lambda: T.infonca_optimum(0.5, [0.0, 1.0], 1.0), "mu must have shape [Y] or [X, Y], got shape ()"),
+        (lambda: T.infonca_optimum([0.5, 0.5], [0.0, np.inf], 1.0), "r contains non-finite values"),
+        (lambda: T.infonca_optimum(np.zeros(0), np.zeros(0), 1.0), "mu must have at least one response (last axis is empty)"),
+        (lambda: T.infonca_optimum([1.0, 0.0], [0.0, 1.0], 1.0),
+         "mu must have full support (every entry > 0); got a minimum of 0: a response with mu = 0 is never sampled, "
+         "so its optimum is undefined"),
+        (lambda: T.infonca_optimum([[0.5, 0.5], [0.5, 0.6]], [0.0, 1.0], 1.0),
+         "mu must sum to 1 along the last axis, got sums [1.  1.1]"),
+        (lambda: T.infonca_optimum([0.5, 0.5], [0.0, 1.0], "a"), "alpha must be a positive number, got 'a'"),
+        (lambda: T.infonca_optimum([0.5, 0.5], [0.0, 1.0], None), "alpha must be a positive number, got None"),
+        (lambda: T.infonca_optimum([0.5, 0.5], [0.0, 1.0], 0.0), "alpha must be a positive finite number, got 0.0"),
+        (lambda: T.infonca_optimum([0.5, 0.5], [0.0, 1.0], math.inf), "alpha must be a positive finite number, got inf"),
+        (lambda: T.infonca_optimum([0.5, 0.5], [0.0, 1.0], math.nan), "alpha must be a positive finite number, got nan"),
+        (lambda: T.infonca_optimum([0.5, 0.5], [0.0, 1.0, 2.0], 1.0),
+         "shape mismatch: mu has 2 responses, r has 3 (shapes (2,) and (3,))"),
+        (lambda: T.infonca_optimum([[0.5, 0.5]] * 3, [[0.0, 1.0]] * 2, 1.0), "shape mismatch: mu (3, 2) and r (2, 2) do not broadcast"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == message
+    # accepted: a sum 5e-10 from 1, tiny but positive mass, a shared reward row, integer rewards, a string number α
+    got = T.infonca_optimum([[0.5, 0.5 + 5e-10], [1e-300, 1.0]], [0, 1], "2")
+    assert got.shape == (2, 2) and got.dtype == np.float64
+    # InfoNCA's optimum is r/α up to a per-context constant (chosen so that E_μ π*/μ = 1: the log-partition)
+    np.testing.assert_allclose(got[:, 1] - got[:, 0], [0.5, 0.5], rtol=0, atol=1e-12)

@@ -19,7 +19,7 @@ from strategies import torch_one_thread  # noqa: F401 (autouse fixture)
 
 from nca_lab.losses import LOSSES
 from nca_lab.toy import NoMinimiserError, optimum, population_loss, random_instance
-from nca_lab.toy.population import nca_label_coefficients
+from nca_lab.toy.population import check_instance, nca_label_coefficients
 from nca_lab.toy.solve import IllConditionedWarning, newton_minimise
 
 HP = {"alpha": 0.7, "beta": 0.8}
@@ -631,9 +631,11 @@ def test_newton_reports_a_loss_without_minimiser_with_its_defaults_in_the_messag
     (2 + 2e-6 − 2 in float64), far inside the three printed digits."""
     lin = lambda c: (lambda x: -c * x.sum())  # noqa: E731
     x0 = torch.zeros(1, dtype=torch.float64)
-    with pytest.raises(NoMinimiserError, match=r"^loss: no minimiser found — after 10 Newton iterations the step "
-                                               r"is still 5 and \|x\|∞ = 50: "):
+    with pytest.raises(NoMinimiserError) as e:
         newton_minimise(lin(1.0), x0, max_iter=10)
+    assert str(e.value) == ("loss: no minimiser found — after 10 Newton iterations the step is still 5 and |x|∞ = 50: the "
+                            "loss keeps decreasing along a direction (e.g. DPO on deterministic preferences) or its "
+                            "minimiser is not isolated")
     with pytest.raises(NoMinimiserError, match=r"^loss: no minimiser found — after 200 Newton iterations the step "
                                                r"is still 5 and \|x\|∞ = 1e\+03: "):
         newton_minimise(lin(1.0), x0)
@@ -660,7 +662,29 @@ def test_newton_refuses_a_non_finite_gradient_or_hessian_at_a_finite_value():
 
 def test_newton_warns_when_round_off_alone_can_move_the_minimiser_past_warn_tol():
     """f = 1e-10·Σ(x − 1)²: Hessian 2e-10, so a gradient error of 1e-15 moves the minimiser by 5e-6 > warn_tol = 1e-6
-    (default): an IllConditionedWarning, and the minimiser is still found (a quadratic: Newton's first step is exact)."""
-    with pytest.warns(IllConditionedWarning, match="determined only to ~5e-06"):
+    (default): an IllConditionedWarning, and the minimiser is still found (a quadratic: Newton's first step is exact).
+    The warning points at the user's line, through optimum() too (DPO with μ = 1e-3 on a response whose implicit
+    reward saturates the sigmoid: eigenvalue 3.7e-13)."""
+    with pytest.warns(IllConditionedWarning) as caught:
         x = newton_minimise(lambda x: 1e-10 * ((x - 1.0) ** 2).sum(), torch.zeros(2, dtype=torch.float64))
     np.testing.assert_allclose(x.numpy(), [1.0, 1.0], rtol=0, atol=1e-12)
+    assert [str(w.message) for w in caught] == [
+        "loss: the minimiser is determined only to ~5e-06 in float64 (smallest Hessian eigenvalue 2e-10: the loss is "
+        "nearly flat along some direction)"]
+    assert caught[0].filename == __file__
+    with pytest.warns(IllConditionedWarning, match=r"^dpo \(K=2, labels='bt', param='free'\): the minimiser is determined "
+                                                   r"only to ~0\.003 in float64 \(smallest Hessian eigenvalue 3\.7e-13") as caught:
+        optimum("dpo", np.array([1e-3, 0.999]), np.array([10.0, -10.0]), 2, labels="bt", beta=0.3)
+    assert caught[0].filename == __file__
+
+
+def test_newton_needs_a_smooth_loss_and_converges_on_a_degenerate_one():
+    """f = (x − 1)² + 10|x| has a kink at its minimiser 0: from x = 0 Newton's direction (towards 1) never decreases f,
+    and the line search gives up after halving the step to 1e-12. f = (x − 1)⁴ + 1e-6(x − 1)² is nearly degenerate:
+    Newton converges only linearly (ratio 2/3) for ~25 steps before the quadratic term takes over; it must not stop
+    early (its minimiser 1 to 1e-12: the Hessian there is 2e-6, the step tolerance 1e-10)."""
+    with pytest.raises(NoMinimiserError) as e:
+        newton_minimise(lambda x: ((x - 1) ** 2).sum() + 10 * x.abs().sum(), torch.zeros(1, dtype=torch.float64))
+    assert str(e.value) == "loss: line search failed at Newton iteration 0 (step 1)"
+    x = newton_minimise(lambda x: ((x - 1) ** 4).sum() + 1e-6 * ((x - 1) ** 2).sum(), torch.zeros(1, dtype=torch.float64))
+    assert abs(float(x[0]) - 1.0) < 1e-12

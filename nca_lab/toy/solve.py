@@ -36,6 +36,8 @@ losses (``hinge``, ``rrhf``, ``clha``) have no Hessian and generally a set of mi
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Callable
 
@@ -75,6 +77,18 @@ def _hessian(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor,
         (row,) = torch.autograd.grad(grad[i], x, retain_graph=True, allow_unused=True)
         rows.append(torch.zeros_like(x) if row is None else row)
     return value.detach(), grad.detach(), torch.stack(rows).detach()
+
+
+_TOY_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _stacklevel_outside_toy() -> int:
+    """``stacklevel`` for a warning raised in the caller of this function that points at the first frame outside
+    ``nca_lab/toy`` — the user's line, whether they called :func:`newton_minimise` or :func:`optimum`."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _TOY_DIR:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def newton_minimise(
@@ -131,7 +145,7 @@ def newton_minimise(
                     f"{what}: the minimiser is determined only to ~{roundoff:.1g} in float64 (smallest Hessian "
                     f"eigenvalue {float(torch.linalg.eigvalsh(H)[0]):.2g}: the loss is nearly flat along some direction)",
                     IllConditionedWarning,
-                    stacklevel=3,
+                    stacklevel=_stacklevel_outside_toy(),
                 )
             return x + p
         if pd and step_norm <= 1e-4:
