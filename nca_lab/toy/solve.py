@@ -82,10 +82,11 @@ def _hessian(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor,
 _TOY_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _stacklevel_outside_toy() -> int:
-    """``stacklevel`` for a warning raised in the caller of this function that points at the first frame outside
-    ``nca_lab/toy`` — the user's line, whether they called :func:`newton_minimise` or :func:`optimum`."""
-    frame, level = sys._getframe(1), 1
+def _stacklevel_outside_toy(frame) -> int:
+    """``stacklevel`` for a warning raised in ``frame`` (the warning's own frame is level 1) that points at the first
+    frame outside ``nca_lab/toy``: the user's line, whether they called :func:`newton_minimise` or :func:`optimum`.
+    Counting from the given frame, not this function's, keeps the count right when wrappers sit in between."""
+    level = 1
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _TOY_DIR:
         frame, level = frame.f_back, level + 1
     return level
@@ -145,7 +146,7 @@ def newton_minimise(
                     f"{what}: the minimiser is determined only to ~{roundoff:.1g} in float64 (smallest Hessian "
                     f"eigenvalue {float(torch.linalg.eigvalsh(H)[0]):.2g}: the loss is nearly flat along some direction)",
                     IllConditionedWarning,
-                    stacklevel=_stacklevel_outside_toy(),
+                    stacklevel=_stacklevel_outside_toy(sys._getframe()),
                 )
             return x + p
         if pd and step_norm <= 1e-4:
