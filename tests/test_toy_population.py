@@ -700,3 +700,27 @@ def test_newton_needs_a_smooth_loss_and_converges_on_a_degenerate_one():
     assert str(e.value) == "loss: line search failed at Newton iteration 0 (step 1)"
     x = newton_minimise(lambda x: ((x - 1) ** 4).sum() + 1e-6 * ((x - 1) ** 2).sum(), torch.zeros(1, dtype=torch.float64))
     assert abs(float(x[0]) - 1.0) < 1e-12
+
+
+def test_check_instance_says_exactly_what_is_wrong_and_accepts_the_boundary():
+    """Full text of each refusal of a toy instance, and what passes next to it: sums within 1e-9 of 1, tensors,
+    a [Y] instance returned as [1, Y] float64."""
+    cases = [
+        ((["a"], [0.0]), "mu must be a numeric array of shape [Y] or [X, Y], got list"),
+        (([0.5, 0.5], object()), "r must be a numeric array of shape [Y] or [X, Y], got object"),
+        ((np.ones((1, 1, 1)), np.ones((1, 1, 1))), "mu must have shape [Y] or [X, Y] with Y >= 1, got shape (1, 1, 1)"),
+        ((np.zeros(0), np.zeros(0)), "mu must have shape [Y] or [X, Y] with Y >= 1, got shape (0,)"),
+        ((np.ones((2, 0)), np.ones((2, 0))), "mu must have shape [Y] or [X, Y] with Y >= 1, got shape (2, 0)"),
+        (([0.5, 0.5], [0.0, np.nan]), "r contains NaN or inf"),
+        (([0.5, 0.5], np.ones((1, 1, 2))), "r must have shape [Y] or [X, Y] with Y >= 1, got shape (1, 1, 2)"),
+        (([0.5, 0.5], [0.0, 1.0, 2.0]), "shape mismatch: mu has shape (2,), r has shape (3,)"),
+        (([1.0, 0.0], [0.0, 1.0]), "mu must have full support (every entry > 0); got min(mu) = 0"),
+        (([[0.5, 0.5], [0.5, 0.6]], [[0.0, 1.0]] * 2), "mu must sum to 1 over Y (last axis); got sums [1.  1.1]"),
+    ]
+    for (mu, r), message in cases:
+        with pytest.raises(ValueError) as e:
+            check_instance(mu, r)
+        assert str(e.value) == message
+    mu, r = check_instance(torch.tensor([0.5, 0.5 + 5e-10]), torch.tensor([0, 1]))
+    assert mu.shape == r.shape == (1, 2) and mu.dtype == r.dtype == np.float64
+    np.testing.assert_array_equal(r, [[0.0, 1.0]])
