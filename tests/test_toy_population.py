@@ -724,3 +724,21 @@ def test_check_instance_says_exactly_what_is_wrong_and_accepts_the_boundary():
     mu, r = check_instance(torch.tensor([0.5, 0.5 + 5e-10]), torch.tensor([0, 1]))
     assert mu.shape == r.shape == (1, 2) and mu.dtype == r.dtype == np.float64
     np.testing.assert_array_equal(r, [[0.0, 1.0]])
+
+
+def test_newton_stops_at_the_round_off_floor_and_scales_its_bound_with_the_loss():
+    """Newton's last resort stops: (x − 1)⁴ has a degenerate minimum, so steps shrink only by 2/3 each; once a step is
+    ≤ 1e-7 and no longer halving it stops (going on would only walk into round-off: the Hessian 12(x − 1)² vanishes)
+    and warns, 1.4e-7 from the minimiser. The round-off bound is 1e-15·max(1, |loss|)·‖H⁻¹‖∞: a loss of 1e6 with
+    Hessian 2e-4 gives 5e-6 (a warning); a Hessian of 2e-14 gives 0.05 > 1e-2, where the minimiser is refused."""
+    x0 = torch.zeros(1, dtype=torch.float64)
+    with pytest.warns(IllConditionedWarning, match=r"^loss: the minimiser is determined only to ~0\.002 in float64"):
+        x = newton_minimise(lambda x: ((x - 1) ** 4).sum(), x0)
+    assert abs(float(x[0]) - 1.0) < 1e-6
+    with pytest.warns(IllConditionedWarning, match=r"^loss: the minimiser is determined only to ~5e-06 in float64 "
+                                                   r"\(smallest Hessian eigenvalue 0\.0002: "):
+        assert float(newton_minimise(lambda x: 1e6 + 1e-4 * ((x - 1) ** 2).sum(), x0)[0]) == 1.0
+    with pytest.raises(NoMinimiserError) as e:
+        newton_minimise(lambda x: 1e-14 * ((x - 1) ** 2).sum(), x0)
+    assert str(e.value) == ("loss: Newton's step vanished at |x|∞ = 1, but the Hessian is so small there that float64 "
+                            "does not determine a minimiser (round-off bound 0.05)")
