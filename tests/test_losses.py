@@ -577,6 +577,48 @@ def test_input_checks_say_exactly_what_is_wrong():
     assert get_loss("0.5*nca").name == "0.5*nca"
 
 
+def test_input_check_boundaries_and_the_registry_passes_everything_through():
+    """What sits next to each refusal is accepted (K = 1 for SFT, length 1; β = 0 and length 0 are refused), rewards
+    of any float dtype are used in the compute dtype, and a registry call is the function's call: mask, lengths,
+    hyperparameters and validate reach it, and validation is on by default."""
+    lp, ref, R = t64([-1.0, -2.0]), t64([-1.0, -2.0]), t64([1.0, 0.0])
+    for call, message in [
+        (lambda: L.dpo(lp, ref, R, beta=0.0), "beta must be a finite number > 0, got 0.0"),
+        (lambda: L.ipo(lp, ref, R, lengths=t64([2.0, 0.0])), "ipo: lengths[0, 1] = 0.0 must be > 0 (empty response)"),
+        (lambda: L.dpo(lp, ref, R, mask=torch.ones(1, 3, dtype=torch.bool)),
+         "shape mismatch: mask has shape (1, 3) but policy_logps has shape (1, 2)"),
+        (lambda: LOSSES["nca"](lp, ref, t64([1.0, math.nan])), "nca: rewards[0, 1] is nan in a valid entry (NaN/inf reward)"),
+        # rewards are checked in the compute dtype: 1e39 is finite in float64 but inf in float32 (max 3.4e38)
+        (lambda: L.nca(lp.float(), ref.float(), t64([1e39, 0.0])), "nca: rewards[0, 0] is inf in a valid entry (NaN/inf reward)"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == message
+    # one response per prompt is a valid SFT batch: the token mean of log π over one response of length 1
+    assert float(L.sft(t64([-1.5]), None, t64([0.0]))) == 1.5
+    # length 1 is a valid length: the same as no lengths
+    assert float(L.ipo(lp, t64([-1.5, -2.0]), R, lengths=t64([1.0, 1.0]))) == float(L.ipo(lp, t64([-1.5, -2.0]), R))
+    # rewards in float16 (values exact there) are turned into the compute dtype before dividing by α: 1000/0.01
+    # overflows float16 (max 65504) but not float64, and the loss must be the float64 rewards' loss
+    lp2, ref2 = t64([-1.0, -2.0, -3.0]), t64([-1.5, -2.0, -2.5])
+    R64 = t64([1000.0, 0.0, -1000.0])
+    for name in ("infonca", "nca"):
+        want = float(LOSSES[name](lp2, ref2, R64, alpha=0.01))
+        assert math.isfinite(want) and float(LOSSES[name](lp2, ref2, R64.half(), alpha=0.01)) == want, name
+    # the registry passes mask, lengths, hyperparameters and validate=False to the function (each changes the value,
+    # or, for validate, whether a NaN reward is refused)
+    m = torch.tensor([[True, True, False], [True, True, True]])
+    args = (t64([-1.0, -2.0, -3.0], [-1.0, -0.5, -3.0]), t64([-1.5, -2.0, -2.5], [-2.0, -0.5, -1.0]),
+            t64([1.0, 0.0, 2.0], [0.0, 1.0, 2.0]))
+    ln = t64([2.0, 3.0, 4.0], [1.0, 5.0, 2.0])
+    full = LOSSES["ipo"](*args, mask=m, lengths=ln, beta=0.3)
+    torch.testing.assert_close(full, L.ipo(*args, mask=m, lengths=ln, beta=0.3), rtol=0, atol=0)
+    for without in (dict(lengths=ln, beta=0.3), dict(mask=m, beta=0.3), dict(mask=m, lengths=ln)):
+        assert not torch.equal(LOSSES["ipo"](*args, **without), full), sorted(without)
+    nan_row = (t64([-1.0, -2.0]), t64([-1.0, -2.0]), t64([1.0, math.nan]))
+    assert LOSSES["nca"](*nan_row, validate=False).shape == (1,)  # not refused: the checks are skipped
+
+
 def test_compute_dtype_is_float64_if_any_input_is_and_float32_otherwise():
     """float64 anywhere (policy or reference) → float64; bf16/fp16/fp32 → float32 (logsigmoid in half precision
     loses the differences that matter). implicit_rewards is β·(log π − log π_ref) elementwise."""
@@ -658,8 +700,9 @@ def test_every_loss_computes_on_its_inputs_device(name):
     modes += [{"pairs": p} for p in L.PAIR_MODES] if "pairs" in spec.defaults else []
     modes += [{"labels": m} for m in L.LABEL_MODES] if "labels" in spec.defaults else []
     for kw in modes:
-        out = spec(lp, lp, R, mask=mask, lengths=lengths, validate=False, **kw)
-        assert out.device.type == "meta" and out.shape == (3,), (name, kw)
+        for given in ({"mask": mask, "lengths": lengths}, {}):  # given, and made by the loss (all valid, length 1)
+            out = spec(lp, lp, R, validate=False, **given, **kw)
+            assert out.device.type == "meta" and out.shape == (3,), (name, kw, sorted(given))
     if name == "infonca":  # the soft labels on their own, each mode
         for m in L.LABEL_MODES:
             assert L.soft_labels(R, mask, alpha=0.5, labels=m).device.type == "meta"

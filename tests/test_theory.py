@@ -601,3 +601,5 @@ def test_instance_checks_say_exactly_what_is_wrong_and_accept_the_boundary():
     assert got.shape == (2, 2) and got.dtype == np.float64
     # InfoNCA's optimum is r/α up to a per-context constant (chosen so that E_μ π*/μ = 1: the log-partition)
     np.testing.assert_allclose(got[:, 1] - got[:, 0], [0.5, 0.5], rtol=0, atol=1e-12)
+    # one response (μ = (1)) is an instance: log E_μ e^{r/α} is r/α itself; α below 1 is as valid as above
+    assert float(T.log_partition([1.0], [0.3], 0.5)) == 0.6

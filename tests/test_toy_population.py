@@ -702,6 +702,29 @@ def test_newton_needs_a_smooth_loss_and_converges_on_a_degenerate_one():
     assert abs(float(x[0]) - 1.0) < 1e-12
 
 
+def test_newton_line_search_demands_sufficient_decrease_and_keeps_halving():
+    """The Armijo rule f(x + tp) ≤ f(x) + 1e-4·t·gᵀp, t halved until it holds. f = √(1 + x²) from x = 1: Newton's step
+    p = −x(1 + x²) = −2 lands on f(−1) = f(1), no decrease, so the step is halved once and lands on the minimiser 0
+    exactly (accepting the equal value would cycle 1, −1, 1, ...; giving up at the first halving would refuse it).
+    f = √(1e-4 + x²) from x = 1 with no step cap: p ≈ −1e4, and the rule is met only after 13 halvings (t = 2⁻¹³);
+    a condition that grew with 1/t would never be met. Both converge to 0 (to 1e-10, the step tolerance)."""
+    x = newton_minimise(lambda x: torch.sqrt(1 + x**2).sum(), torch.ones(1, dtype=torch.float64))
+    assert float(x[0]) == 0.0
+    seen = []
+
+    def f(x):
+        seen.append(float(x.detach()[0]))
+        return torch.sqrt(1e-4 + x**2).sum()
+
+    x = newton_minimise(f, torch.ones(1, dtype=torch.float64), max_step=1e9)
+    assert abs(float(x[0])) < 1e-10
+    # after the value at x = 1, the first iteration's trial points 1 + t·p for t = 1, ½, ..., 2⁻¹³ (p = −(1e-4 + 1)/1e-4),
+    # then the accepted point again (the next iteration's value); p comes from an autograd Hessian of size 1e-4 and
+    # a Cholesky solve, observed within 2e-12 relative of the closed form, hence rel=1e-9
+    p = -(1e-4 + 1.0) / 1e-4
+    assert seen[1:16] == pytest.approx([1.0 + p * 0.5**k for k in range(14)] + [1.0 + p * 0.5**13], rel=1e-9)
+
+
 def test_check_instance_says_exactly_what_is_wrong_and_accepts_the_boundary():
     """Full text of each refusal of a toy instance, and what passes next to it: sums within 1e-9 of 1, tensors,
     a [Y] instance returned as [1, Y] float64."""
