@@ -25,6 +25,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,11 @@ RECORD = ROOT / "tests" / "mutation" / "state" / "targeted.json"
 
 class _Timeout(Exception):
     pass
+
+
+def known_mutants() -> set[str]:
+    """Every mutant name in ``mutants/``'s ``.meta`` files."""
+    return {name for meta in (WORK / "nca_lab").rglob("*.meta") for name in json.loads(meta.read_text())["exit_code_by_key"]}
 
 
 def unchecked(prefixes: list[str]) -> list[str]:
@@ -66,12 +72,15 @@ def _pytest_once(name: str, pytest_args: list[str], timeout: float) -> str:
 
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
+    start = time.monotonic()
     try:
         code = pytest.main(["-x", "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:randomly", *pytest_args])
     except _Timeout:
         return "timeout"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+    if time.monotonic() - start >= timeout:
+        return "timeout"  # the alarm fired inside a test, which pytest reports as that test's failure
     if code == 0:
         return "SURVIVED"
     if code == 1:
@@ -94,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     pytest_args = argv[cut + 1:]
     if not (WORK / "nca_lab").is_dir():
         print(f"error: {WORK} has no nca_lab/: run `mutmut run` (or tests/mutation/run.py) first", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.names) - known_mutants())
+    if unknown:  # the trampolines would run the original code for them: a silent "SURVIVED"
+        print(f"error: no such mutant in {WORK}: {' '.join(unknown)} (names as `mutmut results` prints them)", file=sys.stderr)
         return 2
     names = [*args.names, *unchecked(args.unchecked)]
     if not names:
