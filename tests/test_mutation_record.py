@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / "tests" / "mutation" / "state"
+from mutation.run import ROOT, STATE, exit_codes, statuses  # tests/ is on sys.path (conftest.py)
 
 
 def _short(mutant: str) -> tuple[str, int]:
@@ -22,17 +20,6 @@ def _short(mutant: str) -> tuple[str, int]:
     function, number = mutant.rsplit("__mutmut_", 1)
     name = re.sub(r"^x_", "", function.split(".")[-1]).replace("xǁ", "").replace("ǁ", ".")
     return name, int(number)
-
-
-def _unaccounted_by_tools() -> list[str]:
-    targeted = json.loads((STATE / "targeted.json").read_text())
-    names = []
-    for meta in sorted((STATE / "nca_lab").rglob("*.meta")):
-        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            # mutmut: 0 survived, 5/33 no covering test, None not run; targeted.py: killed or timed out
-            if code in (0, 5, 33) or (code is None and targeted.get(name, {}).get("verdict") not in ("killed", "timeout")):
-                names.append(name)
-    return names
 
 
 def _mentioned(text: str, functions: set[str]) -> set[tuple[str, int]]:
@@ -56,14 +43,12 @@ def _mentioned(text: str, functions: set[str]) -> set[tuple[str, int]]:
 
 
 def test_every_mutant_no_tool_killed_is_accounted_for_in_mutation_md():
-    functions = set()
-    for meta in (STATE / "nca_lab").rglob("*.meta"):
-        for name in json.loads(meta.read_text())["exit_code_by_key"]:
-            short, _ = _short(name)
-            functions |= {short, short.split(".")[-1]}
+    status = statuses(STATE)
+    functions = {n for short, _ in map(_short, status) for n in (short, short.split(".")[-1])}
     mentioned = _mentioned((ROOT / "tests" / "MUTATION.md").read_text(), functions)
     missing = []
-    for mutant in _unaccounted_by_tools():
+    # survived or without a covering test under mutmut, and neither checked by it nor killed by targeted.py
+    for mutant in (name for name, s in status.items() if s in ("survived", "no tests", "not checked")):
         short, number = _short(mutant)
         if (short, number) not in mentioned and (short.split(".")[-1], number) not in mentioned:
             missing.append(mutant)
@@ -71,11 +56,8 @@ def test_every_mutant_no_tool_killed_is_accounted_for_in_mutation_md():
 
 
 def test_targeted_verdicts_name_real_mutants_and_the_tests_that_ran():
-    known = set()
-    for meta in (STATE / "nca_lab").rglob("*.meta"):
-        known |= set(json.loads(meta.read_text())["exit_code_by_key"])
     targeted = json.loads((STATE / "targeted.json").read_text())
-    assert targeted and set(targeted) <= known
+    assert targeted and set(targeted) <= set(exit_codes(STATE))
     for name, entry in targeted.items():
         assert entry["verdict"] in ("killed", "SURVIVED", "timeout"), name
         assert entry["pytest_args"] and all(a.startswith(("tests/", "-k")) or not a.startswith("-") for a in entry["pytest_args"])

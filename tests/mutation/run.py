@@ -74,18 +74,31 @@ def targeted_verdicts() -> dict[str, str]:
     return {k: v["verdict"] for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
 
 
+def exit_codes(root: Path) -> dict[str, int | None]:
+    """mutmut's exit code per mutant name, from the ``.meta`` files under ``root/nca_lab`` (None: not run yet)."""
+    return {name: code for meta in sorted((root / "nca_lab").rglob("*.meta"))
+            for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()}
+
+
+def statuses(root: Path) -> dict[str, str]:
+    """Each mutant's status (``STATUS``), with "killed (targeted)" where mutmut has no verdict and targeted.py killed it."""
+    targeted = targeted_verdicts()
+    out = {}
+    for name, code in exit_codes(root).items():
+        status = STATUS.get(code, "suspicious")
+        if status == "not checked" and targeted.get(name) in ("killed", "timeout"):
+            status = "killed (targeted)"  # mutmut has no verdict; targeted.py's tests fail on it
+        out[name] = status
+    return out
+
+
 def tally(root: Path) -> tuple[Counter, list[str]]:
     counts: Counter = Counter()
     survivors = []
-    targeted = targeted_verdicts()
-    for meta in sorted((root / "nca_lab").rglob("*.meta")):
-        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            status = STATUS.get(code, "suspicious")
-            if status == "not checked" and targeted.get(name) in ("killed", "timeout"):
-                status = "killed (targeted)"  # mutmut has no verdict; targeted.py's tests fail on it
-            counts[status] += 1
-            if status in ("survived", "no tests"):
-                survivors.append(f"{name}  ({status})")
+    for name, status in statuses(root).items():
+        counts[status] += 1
+        if status in ("survived", "no tests"):
+            survivors.append(f"{name}  ({status})")
     return counts, survivors
 
 

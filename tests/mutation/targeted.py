@@ -26,29 +26,20 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-WORK = ROOT / "mutants"
-RECORD = ROOT / "tests" / "mutation" / "state" / "targeted.json"
+from run import STATE, WORK, exit_codes  # the script's own folder is first on sys.path
+
+RECORD = STATE / "targeted.json"
 
 
 class _Timeout(Exception):
     pass
 
 
-def known_mutants() -> set[str]:
-    """Every mutant name in ``mutants/``'s ``.meta`` files."""
-    return {name for meta in (WORK / "nca_lab").rglob("*.meta") for name in json.loads(meta.read_text())["exit_code_by_key"]}
-
-
 def unchecked(prefixes: list[str]) -> list[str]:
     """Mutants in ``mutants/`` whose function name starts with one of ``prefixes`` and that have no verdict."""
-    names = []
-    for meta in sorted((WORK / "nca_lab").rglob("*.meta")):
-        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if code is None and any(name.startswith(p + "__mutmut_") for p in prefixes):
-                names.append(name)
+    names = [name for name, code in exit_codes(WORK).items()
+             if code is None and any(name.startswith(p + "__mutmut_") for p in prefixes)]
     return sorted(names, key=lambda n: (n.rsplit("__mutmut_", 1)[0], int(n.rsplit("_", 1)[1])))
 
 
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (WORK / "nca_lab").is_dir():
         print(f"error: {WORK} has no nca_lab/: run `mutmut run` (or tests/mutation/run.py) first", file=sys.stderr)
         return 2
-    unknown = sorted(set(args.names) - known_mutants())
+    unknown = sorted(set(args.names) - set(exit_codes(WORK)))
     if unknown:  # the trampolines would run the original code for them: a silent "SURVIVED"
         print(f"error: no such mutant in {WORK}: {' '.join(unknown)} (names as `mutmut results` prints them)", file=sys.stderr)
         return 2
