@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*")
     args = parser.parse_args(argv[:cut])
     pytest_args = argv[cut + 1:]
+    if not args.timeout > 0:  # 0 would disable the alarm and label every mutant a timeout
+        print(f"error: --timeout must be > 0 seconds, got {args.timeout:g}", file=sys.stderr)
+        return 2
     if not (WORK / "nca_lab").is_dir():
         print(f"error: {WORK} has no nca_lab/: run `mutmut run` (or tests/mutation/run.py) first", file=sys.stderr)
         return 2
